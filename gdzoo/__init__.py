@@ -1,0 +1,44 @@
+"""gdzoo: a plugin-based zoo of gradient-descent optimizers for PyTorch.
+
+>>> opt = gdzoo.optimizer("adam:lr=0.01+clip_norm:max_norm=1", model.parameters())
+
+is a drop-in ``torch.optim.Optimizer``.  Plugins add optimizers, transforms, losses, models and
+problems through the ``gdzoo`` entry-point group (see the README's "Writing a plugin").
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from . import checks
+from .chain import STAGES, Chain, GroupView, Link, Transform, step_counter
+from .errors import GdzooError, PluginError, SpecError, UnknownComponent
+from .hookspecs import hookimpl
+from .registry import KINDS, Component, Registry, default_registry
+from .spec import Hyper
+
+__all__ = [
+    "Chain", "Component", "GdzooError", "GroupView", "Hyper", "KINDS", "Link", "PluginError", "Registry",
+    "STAGES", "SpecError", "Transform", "UnknownComponent", "checks", "components", "get", "hookimpl",
+    "optimizer", "registry", "step_counter",
+]
+
+
+def registry(reload: bool = False) -> Registry:
+    """The registry of every loaded plugin's components (built once; ``reload=True`` rebuilds it)."""
+    return default_registry(reload)
+
+
+def optimizer(spec: str, params: Iterable, **hyperparameters) -> Chain:
+    """A ``torch.optim.Optimizer`` for a spec: ``optimizer("adam", model.parameters(), lr=1e-3)``."""
+    return default_registry().optimizer(spec, params, **hyperparameters)
+
+
+def components(kind: str | None = None) -> list[Component]:
+    """Registered components of one kind (optimizer, transform, loss, model, problem), or all."""
+    return default_registry().components(kind)
+
+
+def get(kind: str, name: str) -> Component:
+    """One registered component; an unknown name raises UnknownComponent with close matches."""
+    return default_registry().get(kind, name)

@@ -1,0 +1,3 @@
+from gdzoo.cli import main
+
+main()

@@ -1,0 +1,209 @@
+"""Gradient transforms and the chain that runs them as a ``torch.optim.Optimizer``.
+
+A :class:`Transform` is one piece of an optimizer.  Its ``stage`` says where it acts:
+
+``grad``    on the gradient, before the update (clipping, L2, L1 subgradient), in spec order;
+``pre``     on the parameters, before the update (decoupled weight decay);
+``update``  computes and applies the step (sgd, adam, ...): exactly one per chain;
+``post``    on the parameters, after the update (the L1 proximal step).
+
+A transform may act in more than one stage (``stage = ("grad", "post")``, like ``l1``, whose
+mode chooses between a subgradient and a proximal step); ``ctx.stage`` tells it which one runs.
+So ``adam+clip_norm`` and ``clip_norm+adam`` are the same optimizer: the clip always sees the
+gradient before Adam does.  Transforms never write into ``p.grad``: a transform that changes
+the gradient writes into a per-parameter scratch buffer (``ctx.buffer``), allocated once.
+
+State lives in ``optimizer.state[p]`` so that ``state_dict()`` works.  The update transform
+owns the top level of that dict with torch.optim's key names (``exp_avg``, ``momentum_buffer``...);
+any other stateful transform gets ``state[p][transform.name]``.
+
+Hyperparameters live in ``param_groups``.  The update transform's use torch.optim's names
+unqualified (``lr``, ``betas``...), so ``torch.optim.lr_scheduler`` works unchanged; the other
+transforms' are qualified with the transform's name (``clip_norm.max_norm``, ``l2.weight``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterable
+
+import torch
+
+from .spec import Hyper
+
+STAGES = ("grad", "pre", "update", "post")
+
+
+class Transform:
+    """Base class of every gradient transform; subclass it and register it from a plugin.
+
+    Class attributes describe it: ``name``, ``description``, ``hyperparameters`` (a tuple of
+    :class:`~gdzoo.spec.Hyper`), ``stage`` (see the module doc) and ``stateful``.
+    Override :meth:`update` (one parameter group at a time) or, for a transform that needs
+    every parameter at once like a global norm clip, :meth:`step`.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    hyperparameters: ClassVar[tuple[Hyper, ...]] = ()
+    stage: ClassVar[str | tuple[str, ...]] = "grad"
+    stateful: ClassVar[bool] = False
+
+    def check(self, hp: dict[str, Any]) -> None:
+        """Raise ValueError (torch's wording where torch has one) if ``hp`` is invalid."""
+
+    def update(self, params: list[torch.Tensor], grads: list[torch.Tensor], states: list[dict],
+               hp: dict[str, Any], ctx: "Chain") -> None:
+        """Act on one parameter group: ``grads[i]`` is the gradient of ``params[i]`` so far.
+
+        A grad-stage transform replaces entries of ``grads`` (never writing into ``p.grad``);
+        other stages change ``params`` in place.  ``states[i]`` is this transform's state for
+        ``params[i]`` (an empty dict when the transform is not stateful).
+        """
+        raise NotImplementedError(f"transform {self.name!r} implements neither update() nor step()")
+
+    def step(self, groups: list["GroupView"], ctx: "Chain") -> None:
+        """Act on all parameter groups of one optimizer step (default: :meth:`update` per group)."""
+        for g in groups:
+            self.update(g.params, g.grads, g.states, g.hp, ctx)
+
+
+@dataclass
+class GroupView:
+    """What one transform sees of one parameter group during a step."""
+
+    params: list[torch.Tensor]
+    grads: list[torch.Tensor]
+    states: list[dict]
+    hp: dict[str, Any]
+    group: dict[str, Any]  # the whole param group, e.g. for the optimizer's ``lr``
+
+
+@dataclass(frozen=True)
+class Link:
+    """A transform placed in a chain: the instance and its hyperparameter -> group-key map."""
+
+    transform: Transform
+    keys: tuple[tuple[str, str], ...]  # (hyperparameter name, param_group key)
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        stage = self.transform.stage
+        return (stage,) if isinstance(stage, str) else tuple(stage)
+
+
+def group_key(transform: Transform, hyper: str) -> str:
+    """The ``param_groups`` key of one of a transform's hyperparameters."""
+    return hyper if transform.stage == "update" else f"{transform.name}.{hyper}"
+
+
+
+class Chain(torch.optim.Optimizer):
+    """A ``torch.optim.Optimizer`` that runs an ordered chain of transforms.
+
+    Build one with :func:`gdzoo.optimizer`; ``Chain(params, links, defaults)`` is the low-level
+    constructor (``defaults`` maps group keys to values).
+    """
+
+    def __init__(self, params: Iterable, links: list[Link], defaults: dict[str, Any], spec: str = ""):
+        for link in links:
+            bad = [s for s in link.stages if s not in STAGES] or \
+                (["update"] if "update" in link.stages and len(link.stages) > 1 else [])
+            if bad:
+                raise ValueError(f"transform {link.transform.name!r} has stage {link.transform.stage!r}; "
+                                 f"stages are {', '.join(STAGES)} (update alone)")
+        updates = [link for link in links if link.stages == ("update",)]
+        if len(updates) != 1:
+            raise ValueError(f"a chain needs exactly one optimizer (update transform), got {len(updates)}")
+        names = [link.transform.name for link in links]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"transform {name!r} appears twice in the chain; give it once")
+        self.links = list(links)
+        self.schedule = [(stage, link) for stage in STAGES for link in links if stage in link.stages]
+        self.stage = ""
+        self.spec = spec
+        self._buffers: dict[tuple[int, str], torch.Tensor] = {}
+        super().__init__(params, defaults)
+
+    def __repr__(self) -> str:
+        return f"gdzoo.Chain({self.spec!r}, {len(self.param_groups)} param group(s))"
+
+    # --- hyperparameters --------------------------------------------------------------------
+    def hyperparameters(self, group: dict, link: Link) -> dict[str, Any]:
+        return {name: group[key] for name, key in link.keys}
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        known = set(self.defaults) | {"params"}
+        unknown = [k for k in param_group if k not in known and not k.startswith("initial_")]
+        if unknown:
+            raise ValueError(f"unknown hyperparameter(s) {', '.join(map(repr, unknown))} in param group; "
+                             f"valid: {', '.join(sorted(self.defaults))}")
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        for link in self.links:
+            hp = {}
+            for name, key in link.keys:
+                hyper = next(h for h in type(link.transform).hyperparameters if h.name == name)
+                group[key] = hp[name] = hyper.coerce(group[key])
+            link.transform.check(hp)
+
+    # --- scratch space ----------------------------------------------------------------------
+    def buffer(self, param: torch.Tensor, key: str = "grad") -> torch.Tensor:
+        """A scratch tensor shaped like ``param``, allocated once and reused every step.
+
+        Its contents are garbage on entry; it is not part of ``state_dict()``.
+        """
+        k = (id(param), key)
+        buf = self._buffers.get(k)
+        if buf is None or buf.shape != param.shape or buf.dtype != param.dtype or buf.device != param.device:
+            buf = self._buffers[k] = torch.empty_like(param, memory_format=torch.preserve_format)
+        return buf
+
+    # --- the step ---------------------------------------------------------------------------
+    def _views(self) -> list[tuple[dict, list[torch.Tensor], list[torch.Tensor]]]:
+        groups = []
+        for group in self.param_groups:
+            params, grads = [], []
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError(f"{self.spec or 'gdzoo'} does not support sparse gradients")
+                params.append(p)
+                grads.append(p.grad)
+            if params:
+                groups.append((group, params, grads))
+        return groups
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        groups = self._views()
+        if not groups:
+            return loss
+        state = self.state
+        for stage, link in self.schedule:
+            t = link.transform
+            views = []
+            for group, params, grads in groups:
+                if stage == "update":
+                    states = [state[p] for p in params]
+                elif t.stateful:
+                    states = [state[p].setdefault(t.name, {}) for p in params]
+                else:
+                    states = [{}] * len(params)
+                views.append(GroupView(params, grads, states, {n: group[k] for n, k in link.keys}, group))
+            self.stage = stage
+            t.step(views, self)
+        self.stage = ""
+        return loss
+
+
+def step_counter() -> torch.Tensor:
+    """A fresh step count, stored as torch.optim stores it (a 0-d float tensor)."""
+    return torch.tensor(0.0, dtype=torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32)

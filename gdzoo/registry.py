@@ -1,0 +1,291 @@
+"""Name -> component tables, built from the plugins' ``register_*`` hooks.
+
+Kinds: optimizer, transform, loss, model, problem.  Every component has a name, a description,
+hyperparameters with defaults, and the plugin that registered it.  :meth:`Registry.optimizer`
+turns a spec string into a :class:`~gdzoo.chain.Chain`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from .chain import Chain, Link, Transform, group_key
+from .errors import PluginError, SpecError, UnknownComponent
+from .plugins import PluginInfo, Plugins
+from .spec import Element, Hyper, bind, format_value, parse_chain, parse_element
+
+HOOKS = {
+    "optimizer": "register_optimizers",
+    "transform": "register_transforms",
+    "loss": "register_losses",
+    "model": "register_models",
+    "problem": "register_problems",
+}
+KINDS = tuple(HOOKS)
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*$")
+
+
+@dataclass(frozen=True)
+class Component:
+    """One registered component."""
+
+    kind: str
+    name: str
+    obj: Any  # the class (or, for a named-chain optimizer, the chain spec string)
+    description: str
+    hyperparameters: tuple[Hyper, ...]
+    plugin: str
+    chain: str | None = None  # a named-chain optimizer's spec
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        return {h.name: h.default for h in self.hyperparameters}
+
+    def check(self, values: dict[str, Any]) -> None:
+        """Validate bound hyperparameter values (raises ValueError)."""
+        if isinstance(self.obj, type) and issubclass(self.obj, Transform):
+            self.obj().check(values)
+        elif hasattr(self.obj, "check"):
+            self.obj.check(values)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "description": self.description,
+            "stage": _stage(self.obj) if self.kind in ("optimizer", "transform") else None,
+            "hyperparameters": {h.name: {"default": h.default, "type": h.type_name, "help": h.help}
+                                for h in self.hyperparameters},
+            "plugin": self.plugin,
+            **({"chain": self.chain} if self.chain else {}),
+        }
+
+    def signature(self) -> str:
+        """``name:h=default,...`` as a spec with every default written out."""
+        opts = ",".join(f"{h.name}={format_value(h.default)}" for h in self.hyperparameters)
+        return f"{self.name}:{opts}" if opts else self.name
+
+
+def _stage(obj: Any) -> str:
+    if isinstance(obj, str):
+        return "chain"
+    stage = obj.stage
+    return stage if isinstance(stage, str) else "+".join(stage)
+
+
+def _describe(obj: Any, description: str | None) -> str:
+    if description:
+        return description
+    text = getattr(obj, "description", "") or inspect.getdoc(obj) or ""
+    return text.strip().splitlines()[0] if text.strip() else ""
+
+
+class Registry:
+    """The components every loaded plugin registered."""
+
+    def __init__(self, plugins: Plugins | None = None):
+        self.plugins = plugins if plugins is not None else Plugins()
+        self.tables: dict[str, dict[str, Component]] = {kind: {} for kind in KINDS}
+        for kind in KINDS:
+            self._collect(kind)
+        self._resolve_named_chains()
+
+    # --- building -----------------------------------------------------------------------
+    def _collect(self, kind: str) -> None:
+        table = self.tables[kind]
+        for info, impl in self.plugins.hookimpls(HOOKS[kind]):
+            pending: list[Component] = []
+
+            def register(obj, name=None, description=None, defaults=None, _info=info, _pending=pending):
+                _pending.append(self._make(kind, obj, name, description, defaults, _info))
+
+            try:
+                impl.function(register=register)
+            except Exception as exc:
+                self.plugins.fail(info, f"{HOOKS[kind]} failed: {type(exc).__name__}: {exc}", exc)
+                continue
+            for comp in pending:
+                if comp.name in table:
+                    other = self.plugins.infos[table[comp.name].plugin]
+                    self.plugins.fail(info, f"{kind} {comp.name!r} is registered by both "
+                                            f"{self.plugins.who(other)} and {self.plugins.who(info)}; "
+                                            f"the one from {self.plugins.who(other)} is kept")
+                    continue
+                table[comp.name] = comp
+
+    def _make(self, kind, obj, name, description, defaults, info: PluginInfo) -> Component:
+        where = f"{HOOKS[kind]}: register({obj!r})"
+        chain = None
+        if kind == "optimizer" and isinstance(obj, str):
+            chain = obj
+            hypers: tuple[Hyper, ...] = ()
+        elif not isinstance(obj, type):
+            raise TypeError(f"{where}: expected a class, got {type(obj).__name__}")
+        else:
+            hypers = tuple(getattr(obj, "hyperparameters", ()) or ())
+            if not all(isinstance(h, Hyper) for h in hypers):
+                raise TypeError(f"{where}: hyperparameters must be a tuple of gdzoo.Hyper")
+        if kind in ("optimizer", "transform") and chain is None:
+            if not issubclass(obj, Transform):
+                raise TypeError(f"{where}: expected a gdzoo.Transform subclass")
+            is_update = obj.stage == "update"
+            if is_update != (kind == "optimizer"):
+                raise TypeError(f"{where}: an optimizer's stage is 'update', a transform's is not "
+                                f"(got stage {obj.stage!r})")
+        name = name or getattr(obj, "name", "") if chain is None else name
+        if not name or not _NAME.match(name):
+            raise ValueError(f"{where}: needs a valid name (letters, digits, '_', '-'), got {name!r}")
+        if defaults:
+            by_name = {h.name: h for h in hypers}
+            unknown = [k for k in defaults if k not in by_name]
+            if unknown:
+                raise ValueError(f"{where}: defaults for unknown hyperparameter(s) {unknown}")
+            hypers = tuple(dataclasses.replace(h, default=h.coerce(defaults[h.name])) if h.name in defaults else h
+                           for h in hypers)
+        return Component(kind, name, obj, _describe(obj, description), hypers, info.name, chain)
+
+    def _resolve_named_chains(self) -> None:
+        table = self.tables["optimizer"]
+        for name, comp in list(table.items()):
+            if comp.chain is None:
+                continue
+            try:
+                links = self._links(comp.chain, stack=(name,))
+                update = next(c for c, _ in links if c.kind == "optimizer")
+                values = dict(next(v for c, v in links if c.kind == "optimizer"))
+                hypers = tuple(dataclasses.replace(h, default=values[h.name]) for h in update.hyperparameters)
+                description = comp.description or f"chain: {comp.chain}"
+                table[name] = dataclasses.replace(comp, hyperparameters=hypers, description=description)
+            except (SpecError, ValueError) as exc:
+                del table[name]
+                self.plugins.fail(self.plugins.infos[comp.plugin], f"optimizer {name!r}: bad chain: {exc}")
+
+    # --- lookup -------------------------------------------------------------------------
+    def names(self, kind: str) -> list[str]:
+        return list(self._table(kind))
+
+    def components(self, kind: str | None = None) -> list[Component]:
+        kinds = KINDS if kind is None else (kind,)
+        return [c for k in kinds for c in self._table(k).values()]
+
+    def get(self, kind: str, name: str) -> Component:
+        table = self._table(kind)
+        if name not in table:
+            raise UnknownComponent(kind, name, list(table))
+        return table[name]
+
+    def _table(self, kind: str) -> dict[str, Component]:
+        if kind not in self.tables:
+            raise UnknownComponent("kind", kind, list(KINDS))
+        return self.tables[kind]
+
+    def bind(self, kind: str, spec: str | Element, **overrides) -> tuple[Component, dict[str, Any]]:
+        """Resolve a one-element spec (``doubling:n=5``) to its component and checked values."""
+        element = parse_element(spec) if isinstance(spec, str) else spec
+        whole = spec if isinstance(spec, str) else element.text
+        comp = self._lookup(kind, element, whole)
+        values = bind(element, comp.hyperparameters, kind, whole, base=comp.defaults)
+        values.update(_coerce_overrides(comp, overrides))
+        try:
+            comp.check(values)
+        except ValueError as exc:
+            raise SpecError(f"{comp.name}: {exc}", whole, element.start, element.start + len(element.text)) \
+                from None
+        return comp, values
+
+    def _lookup(self, kind: str, element: Element, whole: str) -> Component:
+        try:
+            return self.get(kind, element.name)
+        except UnknownComponent as exc:
+            raise SpecError(str(exc), whole, element.start, element.start + len(element.name)) from None
+
+    # --- optimizers ---------------------------------------------------------------------
+    def _links(self, spec: str, stack: tuple[str, ...] = ()) -> list[tuple[Component, dict[str, Any]]]:
+        """Resolve a chain spec to (component, values) pairs, expanding named chains."""
+        result: list[tuple[Component, dict[str, Any]]] = []
+        for element in parse_chain(spec):
+            comp = self._chain_component(element, spec)
+            if comp.chain is not None and comp.name in stack:
+                raise SpecError(f"optimizer {comp.name!r} is defined in terms of itself", spec, element.start)
+            if comp.chain is not None:
+                inner = self._links(comp.chain, stack + (comp.name,))
+                for i, (c, v) in enumerate(inner):
+                    if c.kind == "optimizer":
+                        v = bind(element, c.hyperparameters, "optimizer", spec, base=v)
+                        inner[i] = (c, v)
+                result.extend(inner)
+                continue
+            result.append((comp, bind(element, comp.hyperparameters, comp.kind, spec,
+                                      check=comp.check, base=comp.defaults)))
+        return result
+
+    def _chain_component(self, element: Element, spec: str) -> Component:
+        for kind in ("optimizer", "transform"):
+            if element.name in self.tables[kind]:
+                return self.tables[kind][element.name]
+        known = list(self.tables["optimizer"]) + list(self.tables["transform"])
+        message = str(UnknownComponent("optimizer or transform", element.name, known))
+        raise SpecError(message, spec, element.start, element.start + len(element.name))
+
+    def optimizer(self, spec: str, params: Iterable, **hyperparameters) -> Chain:
+        """Build the optimizer a spec names, over ``params`` (tensors or param-group dicts).
+
+        Keyword hyperparameters use torch.optim's names for the optimizer (``lr``, ``betas``...)
+        and ``transform.name`` for a transform's (``**{"clip_norm.max_norm": 1.0}``); a name that
+        belongs to one transform only may also be given bare (``max_norm=1.0``).
+        """
+        pairs = self._links(spec)
+        links, defaults = [], {}
+        by_key: dict[str, tuple[Component, Hyper]] = {}
+        bare: dict[str, list[str]] = {}
+        for comp, values in pairs:
+            transform = comp.obj()
+            transform.name = comp.name
+            keys = tuple((h.name, group_key(transform, h.name)) for h in comp.hyperparameters)
+            links.append(Link(transform, keys))
+            for h in comp.hyperparameters:
+                key = group_key(transform, h.name)
+                defaults[key] = values[h.name]
+                by_key[key] = (comp, h)
+                bare.setdefault(h.name, []).append(key)
+        for name, value in hyperparameters.items():
+            key = name if name in by_key else None
+            if key is None and len(bare.get(name, [])) == 1:
+                key = bare[name][0]
+            if key is None:
+                close = difflib.get_close_matches(name, list(by_key), n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                raise ValueError(f"{spec!r} has no hyperparameter {name!r}{hint}; valid: {', '.join(by_key)}")
+            defaults[key] = by_key[key][1].coerce(value)
+        # Chain.add_param_group checks every group's values, keyword ones included.
+        return Chain(params, links, defaults, spec=spec)
+
+
+def _coerce_overrides(comp: Component, overrides: dict[str, Any]) -> dict[str, Any]:
+    by_name = {h.name: h for h in comp.hyperparameters}
+    out = {}
+    for key, value in overrides.items():
+        if key not in by_name:
+            raise SpecError(f"{comp.kind} {comp.name!r} has no option {key!r}; valid options: "
+                            f"{', '.join(by_name) or 'none'}")
+        try:
+            out[key] = by_name[key].coerce(value)
+        except ValueError as exc:
+            raise SpecError(f"{comp.name}: {exc}") from None
+    return out
+
+
+_default: Registry | None = None
+
+
+def default_registry(reload: bool = False) -> Registry:
+    """The process-wide registry, built on first use from the installed plugins."""
+    global _default
+    if _default is None or reload:
+        _default = Registry()
+    return _default

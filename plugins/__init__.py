@@ -1,0 +1,1 @@
+"""gdzoo's built-in plugins, installed as the package ``gdzoo.default_plugins``."""

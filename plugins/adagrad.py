@@ -1,0 +1,53 @@
+"""AdaGrad, as torch.optim.Adagrad computes it."""
+
+from __future__ import annotations
+
+import torch
+
+from gdzoo import Hyper, Transform, checks, hookimpl, step_counter
+
+
+class Adagrad(Transform):
+    """Adaptive per-coordinate learning rates from the sum of squared gradients: torch.optim.Adagrad."""
+
+    name = "adagrad"
+    stage = "update"
+    hyperparameters = (
+        Hyper("lr", 1e-2, "float", "learning rate"),
+        Hyper("lr_decay", 0, "float", "learning rate decay: lr / (1 + (step - 1) * lr_decay)"),
+        Hyper("weight_decay", 0, "float", "coupled L2 penalty: g += weight_decay * param"),
+        Hyper("initial_accumulator_value", 0, "float", "starting value of the sum of squares"),
+        Hyper("eps", 1e-10, "float", "added to the denominator"),
+        Hyper("maximize", False, "bool", "maximize the objective instead of minimizing"),
+    )
+
+    def check(self, hp):
+        checks.learning_rate(hp["lr"])
+        checks.nonnegative("lr_decay", hp["lr_decay"])
+        checks.nonnegative("weight_decay", hp["weight_decay"])
+        checks.nonnegative("initial_accumulator_value", hp["initial_accumulator_value"])
+        checks.nonnegative("epsilon", hp["eps"])
+
+    def update(self, params, grads, states, hp, ctx):
+        lr, lr_decay, weight_decay, eps = hp["lr"], hp["lr_decay"], hp["weight_decay"], hp["eps"]
+        for param, grad, state in zip(params, grads, states):
+            if "step" not in state:
+                state["step"] = step_counter()
+                state["sum"] = torch.full_like(param, hp["initial_accumulator_value"],
+                                               memory_format=torch.preserve_format)
+            state_sum, step_t = state["sum"], state["step"]
+            step_t += 1
+            step = step_t.item()
+            if hp["maximize"]:
+                grad = torch.neg(grad, out=ctx.buffer(param))
+            if weight_decay != 0:
+                grad = torch.add(grad, param, alpha=weight_decay, out=ctx.buffer(param))
+            clr = lr / (1 + (step - 1) * lr_decay)
+            state_sum.addcmul_(grad, grad, value=1)
+            std = torch.sqrt(state_sum, out=ctx.buffer(param, "denom")).add_(eps)
+            param.addcdiv_(grad, std, value=-clr)
+
+
+@hookimpl
+def register_optimizers(register):
+    register(Adagrad)

@@ -1,0 +1,69 @@
+"""Adam, AMSGrad and AdamW, as torch.optim.Adam / AdamW compute them."""
+
+from __future__ import annotations
+
+import torch
+
+from gdzoo import Hyper, Transform, checks, hookimpl, step_counter
+
+
+class Adam(Transform):
+    """Adam with bias correction; amsgrad and decoupled (AdamW) weight decay: torch.optim.Adam."""
+
+    name = "adam"
+    stage = "update"
+    hyperparameters = (
+        Hyper("lr", 1e-3, "float", "learning rate"),
+        Hyper("betas", (0.9, 0.999), "floats", "decay rates of the first and second moments", length=2),
+        Hyper("eps", 1e-8, "float", "added to the denominator, outside the square root"),
+        Hyper("weight_decay", 0, "float", "L2 penalty (coupled unless decoupled_weight_decay)"),
+        Hyper("amsgrad", False, "bool", "keep the running maximum of the second moment"),
+        Hyper("maximize", False, "bool", "maximize the objective instead of minimizing"),
+        Hyper("decoupled_weight_decay", False, "bool", "AdamW: param *= 1 - lr * weight_decay"),
+    )
+
+    def check(self, hp):
+        checks.learning_rate(hp["lr"])
+        checks.nonnegative("epsilon", hp["eps"])
+        checks.betas(hp["betas"])
+        checks.nonnegative("weight_decay", hp["weight_decay"])
+
+    def update(self, params, grads, states, hp, ctx):
+        lr, (beta1, beta2), eps = hp["lr"], hp["betas"], hp["eps"]
+        weight_decay, amsgrad, maximize = hp["weight_decay"], hp["amsgrad"], hp["maximize"]
+        decoupled = hp["decoupled_weight_decay"]
+        for param, grad, state in zip(params, grads, states):
+            if "step" not in state:
+                state["step"] = step_counter()
+                state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            if amsgrad and "max_exp_avg_sq" not in state:
+                state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            if maximize:
+                grad = torch.neg(grad, out=ctx.buffer(param))
+            exp_avg, exp_avg_sq, step_t = state["exp_avg"], state["exp_avg_sq"], state["step"]
+            step_t += 1
+            if weight_decay != 0:
+                if decoupled:
+                    param.mul_(1 - lr * weight_decay)
+                else:
+                    grad = torch.add(grad, param, alpha=weight_decay, out=ctx.buffer(param))
+            exp_avg.lerp_(grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            step = step_t.item()
+            bias_correction1 = 1 - beta1**step
+            bias_correction2 = 1 - beta2**step
+            step_size = lr / bias_correction1
+            bias_correction2_sqrt = bias_correction2**0.5
+            second = exp_avg_sq
+            if amsgrad:
+                second = torch.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])
+            denom = torch.sqrt(second, out=ctx.buffer(param, "denom")).div_(bias_correction2_sqrt).add_(eps)
+            param.addcdiv_(exp_avg, denom, value=-step_size)
+
+
+@hookimpl
+def register_optimizers(register):
+    register(Adam)
+    register(Adam, name="adamw", defaults={"weight_decay": 1e-2, "decoupled_weight_decay": True},
+             description="Adam with decoupled weight decay (torch.optim.AdamW)")

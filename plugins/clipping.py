@@ -1,0 +1,62 @@
+"""Gradient clipping: by global norm (torch.nn.utils.clip_grad_norm_) and by value."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from gdzoo import Hyper, Transform, checks, hookimpl
+
+
+class ClipNorm(Transform):
+    """Scale all gradients so that their global norm is at most max_norm (clip_grad_norm_)."""
+
+    name = "clip_norm"
+    stage = "grad"
+    hyperparameters = (
+        Hyper("max_norm", 1.0, "float", "largest allowed norm of all gradients together, > 0"),
+        Hyper("norm_type", 2.0, "float", "p of the p-norm; inf for the largest absolute value"),
+    )
+
+    def check(self, hp):
+        checks.positive("max_norm", hp["max_norm"])
+        if not (hp["norm_type"] > 0 or math.isinf(hp["norm_type"])):
+            raise ValueError(f"Invalid norm_type value: {hp['norm_type']} (must be > 0 or inf)")
+
+    def step(self, groups, ctx):
+        # One norm over every parameter of every group, like clip_grad_norm_(model.parameters()).
+        norm_types = {float(g.hp["norm_type"]) for g in groups}
+        if len(norm_types) > 1:
+            raise ValueError(f"clip_norm: param groups disagree on norm_type ({sorted(norm_types)}); "
+                             f"the global norm needs one")
+        norm_type = norm_types.pop()
+        grads = [grad for g in groups for grad in g.grads]
+        norms = torch._foreach_norm(grads, norm_type)
+        total = torch.linalg.vector_norm(torch.stack(norms), norm_type)
+        for g in groups:
+            coef = torch.clamp(g.hp["max_norm"] / (total + 1e-6), max=1.0)
+            for i, (param, grad) in enumerate(zip(g.params, g.grads)):
+                g.grads[i] = torch.mul(grad, coef, out=ctx.buffer(param))
+
+
+class ClipValue(Transform):
+    """Clamp every gradient element to [-clip_value, clip_value] (clip_grad_value_)."""
+
+    name = "clip_value"
+    stage = "grad"
+    hyperparameters = (Hyper("clip_value", 1.0, "float", "largest allowed absolute gradient element, > 0"),)
+
+    def check(self, hp):
+        checks.positive("clip_value", hp["clip_value"])
+
+    def update(self, params, grads, states, hp, ctx):
+        c = hp["clip_value"]
+        for i, (param, grad) in enumerate(zip(params, grads)):
+            grads[i] = torch.clamp(grad, -c, c, out=ctx.buffer(param))
+
+
+@hookimpl
+def register_transforms(register):
+    register(ClipNorm)
+    register(ClipValue)

@@ -1,0 +1,84 @@
+"""Regularisation: coupled L2, decoupled weight decay, and L1 (subgradient or proximal)."""
+
+from __future__ import annotations
+
+import torch
+
+from gdzoo import Hyper, Transform, checks, hookimpl
+
+
+class L2(Transform):
+    """Coupled L2 penalty on the gradient, g += weight * param (torch.optim's weight_decay)."""
+
+    name = "l2"
+    stage = "grad"
+    hyperparameters = (Hyper("weight", 1e-4, "float", "penalty weight; adds weight/2 * ||param||^2 to the loss"),)
+
+    def check(self, hp):
+        checks.nonnegative("weight", hp["weight"])
+
+    def update(self, params, grads, states, hp, ctx):
+        weight = hp["weight"]
+        if weight == 0:
+            return
+        for i, (param, grad) in enumerate(zip(params, grads)):
+            grads[i] = torch.add(grad, param, alpha=weight, out=ctx.buffer(param))
+
+
+class WeightDecay(Transform):
+    """Decoupled weight decay before the update, param *= 1 - lr * weight (AdamW's)."""
+
+    name = "weight_decay"
+    stage = "pre"
+    hyperparameters = (Hyper("weight", 1e-2, "float", "decay rate, multiplied by the optimizer's lr"),)
+
+    def check(self, hp):
+        checks.nonnegative("weight", hp["weight"])
+
+    def step(self, groups, ctx):
+        for g in groups:
+            if g.hp["weight"] != 0:
+                factor = 1 - g.group["lr"] * g.hp["weight"]
+                for param in g.params:
+                    param.mul_(factor)
+
+
+class L1(Transform):
+    """L1 penalty weight * ||param||_1: subgradient on the gradient, or a proximal soft-threshold.
+
+    mode=subgradient adds weight * sign(param) to the gradient (grad stage); mode=prox
+    soft-thresholds the parameters by lr * weight after the update (post stage), which sets
+    small weights to exactly zero.
+    """
+
+    name = "l1"
+    stage = ("grad", "post")
+    hyperparameters = (
+        Hyper("weight", 1e-4, "float", "penalty weight"),
+        Hyper("mode", "subgradient", "str", "subgradient or prox", choices=("subgradient", "prox")),
+    )
+
+    def check(self, hp):
+        checks.nonnegative("weight", hp["weight"])
+
+    def step(self, groups, ctx):
+        for g in groups:
+            weight, mode = g.hp["weight"], g.hp["mode"]
+            if weight == 0:
+                continue
+            if ctx.stage == "grad" and mode == "subgradient":
+                for i, (param, grad) in enumerate(zip(g.params, g.grads)):
+                    sign = torch.sign(param, out=ctx.buffer(param, "l1"))
+                    g.grads[i] = torch.add(grad, sign, alpha=weight, out=ctx.buffer(param))
+            elif ctx.stage == "post" and mode == "prox":
+                threshold = g.group["lr"] * weight
+                for param in g.params:
+                    shrunk = torch.abs(param, out=ctx.buffer(param, "l1")).sub_(threshold).clamp_(min=0)
+                    param.sign_().mul_(shrunk)
+
+
+@hookimpl
+def register_transforms(register):
+    register(L2)
+    register(WeightDecay)
+    register(L1)
