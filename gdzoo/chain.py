@@ -141,12 +141,16 @@ class Chain(torch.optim.Optimizer):
                              f"valid: {', '.join(sorted(self.defaults))}")
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        for link in self.links:
-            hp = {}
-            for name, key in link.keys:
-                hyper = next(h for h in type(link.transform).hyperparameters if h.name == name)
-                group[key] = hp[name] = hyper.coerce(group[key])
-            link.transform.check(hp)
+        try:
+            for link in self.links:
+                hp = {}
+                for name, key in link.keys:
+                    hyper = next(h for h in type(link.transform).hyperparameters if h.name == name)
+                    group[key] = hp[name] = hyper.coerce(group[key])
+                link.transform.check(hp)
+        except Exception:
+            self.param_groups.pop()  # a rejected group must not stay in the optimizer
+            raise
 
     # --- scratch space ----------------------------------------------------------------------
     def buffer(self, param: torch.Tensor, key: str = "grad") -> torch.Tensor:

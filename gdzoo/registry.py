@@ -81,6 +81,8 @@ def _stage(obj: Any) -> str:
 def _describe(obj: Any, description: str | None) -> str:
     if description:
         return description
+    if isinstance(obj, str):  # a named chain: inspect.getdoc would return str's own docstring
+        return ""
     text = getattr(obj, "description", "") or inspect.getdoc(obj) or ""
     return text.strip().splitlines()[0] if text.strip() else ""
 
@@ -156,6 +158,7 @@ class Registry:
                 continue
             try:
                 links = self._links(comp.chain, stack=(name,))
+                self._check_chain(comp.chain)  # exactly one optimizer, else next() below would fail
                 update = next(c for c, _ in links if c.kind == "optimizer")
                 values = dict(next(v for c, v in links if c.kind == "optimizer"))
                 hypers = tuple(dataclasses.replace(h, default=values[h.name]) for h in update.hyperparameters)
@@ -232,6 +235,25 @@ class Registry:
         message = str(UnknownComponent("optimizer or transform", element.name, known))
         raise SpecError(message, spec, element.start, element.start + len(element.name))
 
+    def _check_chain(self, spec: str) -> None:
+        """One optimizer per chain and no transform twice, as SpecErrors pointing at the part."""
+        elements = [(e, self._chain_component(e, spec)) for e in parse_chain(spec)]
+        updates = [e for e, comp in elements if comp.kind == "optimizer"]
+        if not updates:
+            raise SpecError(f"no optimizer in {spec.strip()!r}: a chain needs exactly one, "
+                            f"e.g. adam+{spec.strip()}", spec, 0, len(spec))
+        if len(updates) > 1:
+            extra = updates[1]
+            raise SpecError(f"a chain takes exactly one optimizer, got {len(updates)} "
+                            f"({', '.join(e.name for e in updates)})", spec, extra.start,
+                            extra.start + len(extra.text))
+        seen: set[str] = set()
+        for e, _ in elements:
+            if e.name in seen:
+                raise SpecError(f"{e.name!r} appears twice in the chain; give it once", spec, e.start,
+                                e.start + len(e.text))
+            seen.add(e.name)
+
     def optimizer(self, spec: str, params: Iterable, **hyperparameters) -> Chain:
         """Build the optimizer a spec names, over ``params`` (tensors or param-group dicts).
 
@@ -240,6 +262,7 @@ class Registry:
         belongs to one transform only may also be given bare (``max_norm=1.0``).
         """
         pairs = self._links(spec)
+        self._check_chain(spec)
         links, defaults = [], {}
         by_key: dict[str, tuple[Component, Hyper]] = {}
         bare: dict[str, list[str]] = {}

@@ -184,7 +184,7 @@ def parse_element(text: str, whole: str | None = None, offset: int = 0) -> Eleme
     pos = offset + len(body) - len(rest)
     if not rest.strip():
         raise SpecError(f"nothing after ':' in {name!r}: expected key=value options", whole, pos - 1, pos)
-    for opt_start, opt in _split_options(rest):
+    for opt_start, opt in _split_options(rest, whole, pos):
         abs_start = pos + opt_start
         stripped = opt.strip()
         abs_start += len(opt) - len(opt.lstrip())
@@ -208,7 +208,10 @@ def parse_element(text: str, whole: str | None = None, offset: int = 0) -> Eleme
     return element
 
 
-def _split_options(text: str) -> list[tuple[int, str]]:
+def _split_options(text: str, whole: str | None = None, offset: int = 0) -> list[tuple[int, str]]:
+    """Split options at top-level commas; errors point into ``whole`` (``text`` starts at ``offset``)."""
+    if whole is None:
+        whole, offset = text, 0
     parts, depth, start = [], 0, 0
     for i, ch in enumerate(text):
         if ch in "([":
@@ -216,12 +219,12 @@ def _split_options(text: str) -> list[tuple[int, str]]:
         elif ch in ")]":
             depth -= 1
             if depth < 0:
-                raise SpecError("unbalanced ')'", text, i, i + 1)
+                raise SpecError("unbalanced ')'", whole, offset + i, offset + i + 1)
         elif ch == "," and depth == 0:
             parts.append((start, text[start:i]))
             start = i + 1
     if depth:
-        raise SpecError("unbalanced '('", text, start, len(text))
+        raise SpecError("unbalanced '('", whole, offset + start, offset + len(text.rstrip()))
     parts.append((start, text[start:]))
     return parts
 
