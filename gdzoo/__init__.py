@@ -16,9 +16,13 @@ from .errors import GdzooError, PluginError, SpecError, UnknownComponent
 from .hookspecs import hookimpl
 from .registry import KINDS, Component, Registry, default_registry
 from .spec import Hyper
+from .engine import RunResult, run
+from .problem import Dataset, Loss, Model, Optimum, Problem
+from .study import Study, compare, sweep
 
 __all__ = [
-    "Chain", "Component", "GdzooError", "GroupView", "Hyper", "KINDS", "Link", "PluginError", "Registry",
+    "Chain", "Component", "Dataset", "Loss", "Model", "Optimum", "Problem", "RunResult", "Study",
+    "compare", "run", "sweep", "GdzooError", "GroupView", "Hyper", "KINDS", "Link", "PluginError", "Registry",
     "STAGES", "SpecError", "Transform", "UnknownComponent", "checks", "components", "get", "hookimpl",
     "optimizer", "registry", "step_counter",
 ]

@@ -42,3 +42,7 @@ class UnknownComponent(GdzooError, KeyError):
 
 class PluginError(GdzooError):
     """A plugin that failed to load or register (raised only in strict mode or for programming errors)."""
+
+
+class DataError(GdzooError):
+    """Data that cannot be used (a missing or malformed CSV file); the message names the file and place."""

@@ -1,0 +1,326 @@
+"""The ``gdzoo`` command line: a thin click layer over the library."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from . import output
+from .errors import GdzooError, SpecError, UnknownComponent
+from .registry import KINDS, default_registry
+from .spec import format_value
+from . import engine, study
+
+
+class GdzooGroup(click.Group):
+    """Turns gdzoo's errors into one clear line: exit 2 for bad input, 1 for runtime failures.
+
+    Plugins' ``register_commands`` hooks run the first time a command is looked up.
+    """
+
+    _plugins_loaded = False
+
+    def _load_plugins(self) -> None:
+        if GdzooGroup._plugins_loaded:
+            return
+        GdzooGroup._plugins_loaded = True
+        registry = default_registry()
+        for info, impl in registry.plugins.hookimpls("register_commands"):
+            try:
+                impl.function(cli=self)
+            except Exception as exc:
+                registry.plugins.fail(info, f"register_commands failed: {type(exc).__name__}: {exc}", exc)
+
+    def get_command(self, ctx, cmd_name):
+        self._load_plugins()
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx):
+        self._load_plugins()
+        return super().list_commands(ctx)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (SpecError, UnknownComponent) as exc:
+            raise click.UsageError(str(exc), ctx) from None
+        except GdzooError as exc:
+            raise click.ClickException(str(exc)) from None
+        except (ValueError, TypeError, RuntimeError, OSError) as exc:
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+
+
+def format_option(f):
+    return click.option("--format", "fmt", type=click.Choice(output.FORMATS), default=output.DEFAULT_FORMAT,
+                        show_default=True, help="table format (tabulate's), json or csv")(f)
+
+
+def output_option(f):
+    return click.option("--output", "-o", "output_path", type=click.Path(dir_okay=False, writable=True),
+                        help="also write the table to this file")(f)
+
+
+def emit(text: str, output_path: str | None = None) -> None:
+    click.echo(text)
+    if output_path:
+        with open(output_path, "w", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+
+
+def complete_component(kinds):
+    def complete(ctx, param, incomplete):
+        try:
+            registry = default_registry()
+        except Exception:
+            return []
+        head, plus, last = incomplete.rpartition("+")
+        prefix = head + plus
+        names = [n for k in kinds for n in registry.names(k)]
+        return [prefix + n for n in names if n.startswith(last)]
+    return complete
+
+
+@click.group(cls=GdzooGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="gdzoo")
+def cli():
+    """gdzoo: compose, run and compare gradient-descent optimizers.
+
+    A SPEC names an optimizer and the transforms composed with it, e.g.
+    'adam:lr=0.01+clip_norm:max_norm=1+l2:weight=1e-4'.  'gdzoo list' shows every
+    component with its hyperparameters and defaults.
+    """
+
+
+def budget_options(f):
+    """Options every training command shares."""
+    options = [
+        click.option("--epochs", type=click.IntRange(min=1), help="passes over the data (default: the problem's)"),
+        click.option("--steps", type=click.IntRange(min=1), help="optimizer steps (instead of, or capping, epochs)"),
+        click.option("--batch-size", "batch_size", default="full", show_default=True, metavar="full|N",
+                     callback=_batch_size, help="'full' for gradient descent, 1 for SGD, N for mini-batches"),
+        click.option("--tol", type=float, default=None, help="stop when the loss changes by at most TOL"),
+        click.option("--target", type=float, default=None, help="stop when the loss reaches TARGET"),
+        click.option("--dtype", type=click.Choice(sorted(engine.DTYPES)), default="float32", show_default=True),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _batch_size(ctx, param, value):
+    if value is None or str(value).strip().lower() == "full":
+        return None
+    try:
+        size = int(value)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise click.BadParameter(f"{value!r} is neither 'full' nor a positive integer", ctx, param)
+    return size
+
+
+def _tol_default(tol, default):
+    return default if tol is None else (None if tol <= 0 else tol)
+
+
+class Progress:
+    """A progress bar on stderr, one tick per finished run."""
+
+    def __init__(self, total: int, label: str):
+        self.bar = click.progressbar(length=total, label=label, file=sys.stderr, show_eta=False)
+        self.bar.__enter__()
+
+    def __call__(self, trial, result):
+        self.bar.update(1)
+
+    def close(self):
+        self.bar.__exit__(None, None, None)
+
+
+def _run_study(make, total: int, label: str):
+    progress = Progress(total, label)
+    try:
+        return make(progress)
+    finally:
+        progress.close()
+
+
+def _report(result, fmt, output_path):
+    if result.interrupted:
+        click.echo(f"Interrupted: showing the {len(result.runs)} run(s) that finished.", err=True)
+    if not result.runs:
+        raise click.ClickException("no run finished")
+    emit(result.render(fmt), output_path)
+
+
+@cli.command("run")
+@click.argument("problem", shell_complete=complete_component(["problem"]))
+@click.argument("spec", shell_complete=complete_component(["optimizer", "transform"]))
+@budget_options
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--every", type=click.IntRange(min=1), help="print progress every N epochs (default: about 10 lines)")
+@click.option("--quiet", "-q", is_flag=True, help="no progress lines, only the summary")
+@format_option
+@output_option
+def run_command(problem, spec, epochs, steps, batch_size, tol, target, dtype, seed, every, quiet, fmt,
+                output_path):
+    """Train one PROBLEM with one optimizer SPEC and print progress like the tutorials do.
+
+    Example: gdzoo run doubling sgd:lr=0.01 --epochs 20
+    """
+    registry = default_registry()
+    prob, _ = engine.build_problem(problem, registry)
+    total = epochs or prob.budget.get("epochs") or 10
+    every = every or max(1, total // 10)
+
+    def on_epoch(epoch, loss, module):
+        if quiet or (epoch - 1) % every:
+            return
+        shown = _small_params(module)
+        click.echo(f"epoch {epoch}: " + "".join(f"{k} = {v}, " for k, v in shown) + f"loss = {loss:.8f}")
+
+    result = engine.run(spec, prob, seed=seed, epochs=epochs, steps=steps, batch_size=batch_size, tol=tol,
+                        target=target, dtype=dtype, on_epoch=on_epoch, registry=registry)
+    result.problem = problem
+    if result.status == "interrupted":
+        click.echo("Interrupted.", err=True)
+    for line in result.summary:
+        click.echo(line)
+    row = result.row()
+    row.pop("seed")
+    if result.diverged_at is not None:
+        row["status"] = f"diverged at step {result.diverged_at}"
+    text = output.render([row], fmt, data=result.to_dict())
+    emit(text, output_path)
+
+
+_SHORT = {"weight": "w", "bias": "b", "x": "x"}
+
+
+def _small_params(module):
+    named = list(module.named_parameters())
+    if sum(p.numel() for _, p in named) > engine.SMALL_MODEL:
+        return []
+    out = []
+    for name, p in named:
+        leaf = name.rsplit(".", 1)[-1]
+        label = _SHORT.get(leaf, name) if len(named) <= 2 or leaf == "x" else name
+        values = p.detach().reshape(-1).tolist()
+        text = f"{values[0]:.3f}" if len(values) == 1 else "[" + ", ".join(f"{v:.3f}" for v in values) + "]"
+        out.append((label, text))
+    return out
+
+
+@cli.command("compare")
+@click.argument("specs", nargs=-1, shell_complete=complete_component(["optimizer", "transform"]))
+@click.option("--problem", "-p", default=study.DEFAULT_PROBLEM, show_default=True,
+              shell_complete=complete_component(["problem"]), help="problem spec, e.g. linear:n=200")
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True, help="seeds 0..N-1 per spec")
+@budget_options
+@format_option
+@output_option
+def compare_command(specs, problem, seeds, epochs, steps, batch_size, tol, target, dtype, fmt, output_path):
+    """Run every SPEC on the same problem, data order and seeds; one table, best first.
+
+    With no SPEC, the built-in zoo at learning rates that suit the problem.
+    """
+    registry = default_registry()
+    prob, _ = engine.build_problem(problem, registry)
+    specs = list(specs) or list(prob.zoo)
+    result = _run_study(lambda progress: study.compare(
+        specs, problem, seeds=seeds, epochs=epochs, steps=steps, batch_size=batch_size,
+        tol=_tol_default(tol, 1e-6), target=target, dtype=dtype, registry=registry, on_result=progress),
+        len(specs) * seeds, "comparing")
+    _report(result, fmt, output_path)
+
+
+@cli.command("sweep")
+@click.argument("spec", shell_complete=complete_component(["optimizer", "transform"]))
+@click.option("--param", "params", multiple=True, required=True, metavar="NAME=VALUES",
+              help="values to try: lr=0.001,0.01,0.1 or lr=log(1e-4,1,9); repeat for a grid")
+@click.option("--problem", "-p", default="doubling", show_default=True,
+              shell_complete=complete_component(["problem"]), help="problem spec")
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True)
+@budget_options
+@format_option
+@output_option
+def sweep_command(spec, params, problem, seeds, epochs, steps, batch_size, tol, target, dtype, fmt, output_path):
+    """Vary hyperparameters of SPEC and tabulate iterations to convergence, final loss, divergence.
+
+    Example: gdzoo sweep sgd --param lr=0.001,0.01,0.1,1,10 --problem doubling
+    """
+    registry = default_registry()
+    parsed = dict(study.parse_param(p) for p in params)
+    total = seeds
+    for values in parsed.values():
+        total *= len(values)
+    result = _run_study(lambda progress: study.sweep(
+        spec, parsed, problem, seeds=seeds, epochs=epochs, steps=steps, batch_size=batch_size,
+        tol=_tol_default(tol, 1e-6), target=target, dtype=dtype, registry=registry, on_result=progress),
+        total, "sweeping")
+    _report(result, fmt, output_path)
+
+
+@cli.command("list")
+@click.argument("kind", required=False, type=click.Choice(KINDS + tuple(k + ("es" if k.endswith("s") else "s") for k in KINDS)))
+@format_option
+@output_option
+def list_command(kind, fmt, output_path):
+    """List registered components (optimizers, transforms, losses, models, problems)."""
+    registry = default_registry()
+    kind = next((k for k in KINDS if kind in (k, k + "s", k + "es")), None) if kind else None
+    comps = registry.components(kind)
+    if fmt == "json":
+        emit(output.to_json([c.as_dict() for c in comps]), output_path)
+        return
+    rows = []
+    for c in comps:
+        d = c.as_dict()
+        rows.append({
+            "kind": c.kind,
+            "name": c.name,
+            "stage": d["stage"] or "",
+            "hyperparameters (defaults)": ", ".join(f"{h.name}={format_value(h.default)}"
+                                                    for h in c.hyperparameters),
+            "description": c.description,
+            "plugin": c.plugin,
+        })
+    if kind:
+        for row in rows:
+            row.pop("kind")
+        if kind not in ("optimizer", "transform"):
+            for row in rows:
+                row.pop("stage")
+    emit(output.render(rows, fmt), output_path)
+
+
+@cli.command("plugins")
+@click.option("--all", "show_all", is_flag=True, help="include gdzoo's built-in plugins")
+@format_option
+def plugins_command(show_all, fmt):
+    """List installed plugins with their versions, hooks and load failures."""
+    registry = default_registry()
+    infos = [i for i in registry.plugins.infos.values() if show_all or not i.builtin]
+    if fmt == "json":
+        click.echo(output.to_json([i.as_dict() for i in infos]))
+        return
+    if not infos:
+        click.echo("No third-party plugins installed (gdzoo plugins --all lists the built-in ones).")
+        return
+    rows = [{
+        "name": i.name,
+        "distribution": f"{i.distribution} {i.version}".strip() or "-",
+        "module": i.module,
+        "hooks": ", ".join(i.hooks),
+        "status": "ok" if i.ok else "FAILED: " + "; ".join(i.errors),
+    } for i in infos]
+    click.echo(output.render(rows, fmt))
+
+
+def main() -> None:
+    try:
+        cli(prog_name="gdzoo")
+    except GdzooError as exc:  # strict plugin mode: a broken plugin is fatal, but still one clear line
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)

@@ -1,0 +1,239 @@
+"""Many runs: plan, execute, aggregate (``compare`` and ``sweep``)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+import statistics
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from .engine import RunResult, make_budget, resolve_dtype, setup, train
+from .errors import GdzooError, SpecError
+from .output import render
+from .registry import Registry, default_registry
+from .spec import format_value
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One planned run: a spec, keyword hyperparameters on top of it, and a seed."""
+
+    spec: str
+    seed: int
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def label(self) -> str:
+        if not self.overrides:
+            return self.spec
+        return self.spec + " [" + ",".join(f"{k}={format_value(v)}" for k, v in self.overrides) + "]"
+
+
+@dataclass
+class Study:
+    """The runs of a comparison or sweep, and how they aggregate into a table."""
+
+    problem: str
+    runs: list[RunResult] = field(default_factory=list)
+    trials: list[Trial] = field(default_factory=list)
+    interrupted: bool = False
+    kind: str = "compare"
+    params: list[str] = field(default_factory=list)  # swept hyperparameters
+
+    def groups(self) -> list[tuple[Trial, list[RunResult]]]:
+        """Runs grouped by configuration (all seeds of one spec and overrides), in plan order."""
+        by_key: dict[tuple, list[RunResult]] = {}
+        firsts: dict[tuple, Trial] = {}
+        for trial, result in zip(self.trials, self.runs):
+            key = (trial.spec, trial.overrides)
+            by_key.setdefault(key, []).append(result)
+            firsts.setdefault(key, trial)
+        return [(firsts[k], v) for k, v in by_key.items()]
+
+    def rows(self) -> list[dict[str, Any]]:
+        rows = [self._row(trial, results) for trial, results in self.groups()]
+        if self.kind == "compare":
+            rows.sort(key=lambda r: (r["_rank"], r["_key"]))
+        for r in rows:
+            r.pop("_rank")
+            r.pop("_key")
+        return rows
+
+    def _row(self, trial: Trial, results: list[RunResult]) -> dict[str, Any]:
+        ok = [r for r in results if r.status != "diverged"]
+        finals = [r.final_loss for r in ok if math.isfinite(r.final_loss)]
+        row: dict[str, Any] = {}
+        if self.kind == "sweep":
+            values = dict(trial.overrides)
+            for p in self.params:
+                row[p] = format_value(values[p])
+        else:
+            row["spec"] = trial.spec
+        row["final loss"] = _mean_std(finals) if finals else "diverged"
+        row["best loss"] = _fmt(min(r.best_loss for r in ok)) if ok else "-"
+        hit = [r.converged_at or r.target_at for r in results if (r.converged_at or r.target_at)]
+        row["steps to tol" if self.kind == "compare" else "iterations to convergence"] = \
+            _fmt(statistics.mean(hit)) if hit else ("diverged" if not ok else "-")
+        counts: dict[str, int] = {}
+        for r in results:
+            counts[r.status] = counts.get(r.status, 0) + 1
+        row["status"] = ", ".join(f"{n} {s}" for s, n in counts.items())
+        metric_names = [k for r in ok for k in r.metrics]
+        for name in dict.fromkeys(metric_names):
+            vals = [r.metrics[name] for r in ok if name in r.metrics and math.isfinite(r.metrics[name])]
+            row[name] = _fmt(statistics.mean(vals)) if vals else "-"
+        row["time (s)"] = _fmt(statistics.mean(r.wall_time for r in results))
+        row["_rank"] = 0 if finals and len(ok) == len(results) else (1 if finals else 2)
+        row["_key"] = statistics.mean(finals) if finals else math.inf
+        return row
+
+    def render(self, fmt: str = "simple") -> str:
+        data = {"problem": self.problem, "interrupted": self.interrupted, "summary": self.rows(),
+                "runs": [r.to_dict() for r in self.runs]}
+        return render(self.rows(), fmt, data=data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"problem": self.problem, "kind": self.kind, "interrupted": self.interrupted,
+                "summary": self.rows(), "runs": [r.to_dict() for r in self.runs]}
+
+    def __str__(self) -> str:
+        return self.render()
+
+
+def _fmt(x: float) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return str(x)
+    if float(x).is_integer() and abs(x) < 1e15:
+        return str(int(x))
+    return f"{x:.4g}"
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.6g}"
+    return f"{statistics.mean(values):.6g} ± {statistics.stdev(values):.2g}"
+
+
+def execute(problem, trials: Sequence[Trial], *, epochs=None, steps=None, batch_size=None, tol=None,
+            target=None, blowup=1e6, dtype="float32", model=None, loss=None, data=None,
+            registry: Registry | None = None, on_result: Callable[[Trial, RunResult], None] | None = None,
+            kind: str = "compare", params: list[str] | None = None) -> Study:
+    """Run every trial on the same problem, data and seeds; Ctrl-C keeps what finished."""
+    registry = registry or default_registry()
+    dtype = resolve_dtype(dtype)
+    name = problem if isinstance(problem, str) else getattr(problem, "name", "custom") if problem else "custom"
+    study = Study(problem=name, kind=kind, params=params or [])
+    # Validate every spec before spending time on the first run.
+    probe = [torch.zeros(1, requires_grad=True)]
+    for trial in dict.fromkeys(Trial(t.spec, 0, t.overrides) for t in trials):
+        try:
+            registry.optimizer(trial.spec, probe, **dict(trial.overrides))
+        except ValueError as exc:
+            if isinstance(exc, SpecError):
+                raise
+            raise SpecError(f"{trial.label}: {exc}") from None
+    problem_obj = None
+    for trial in trials:
+        try:
+            s = setup(problem_obj or problem, seed=trial.seed, dtype=dtype, registry=registry,
+                      model=model, loss=loss, data=data)
+            problem_obj = s.problem or problem_obj
+            budget = make_budget(s.problem, epochs, steps, batch_size, tol, target, blowup)
+            result = train(trial.spec, s, budget, seed=trial.seed, registry=registry,
+                           overrides=dict(trial.overrides))
+            result.problem = name
+        except KeyboardInterrupt:
+            study.interrupted = True
+            break
+        if result.status == "interrupted":
+            study.interrupted = True
+            break
+        study.trials.append(trial)
+        study.runs.append(result)
+        if on_result is not None:
+            on_result(trial, result)
+    return study
+
+
+def seeds_of(seeds: int | Sequence[int]) -> list[int]:
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise GdzooError(f"seeds must be >= 1, got {seeds}")
+        return list(range(seeds))
+    return list(seeds)
+
+
+def compare(specs: Sequence[str] | None = None, problem=None, *, seeds: int | Sequence[int] = 1,
+            registry: Registry | None = None, **kwargs) -> Study:
+    """Run every spec on the same problem, data order and seeds; ``str(result)`` is the table.
+
+    With no specs, the problem's own zoo (the built-in optimizers at learning rates that suit it).
+    Other keywords as :func:`gdzoo.run` (epochs, steps, batch_size, tol, target, dtype, model, ...).
+    """
+    registry = registry or default_registry()
+    if problem is None and kwargs.get("model") is None:
+        problem = DEFAULT_PROBLEM
+    if not specs:
+        if problem is None:
+            raise GdzooError("give specs to compare on your own model")
+        prob = problem if not isinstance(problem, str) else registry.get("problem", _name_of(problem)).obj
+        specs = list(prob.zoo)
+    trials = [Trial(spec, seed) for spec in specs for seed in seeds_of(seeds)]
+    return execute(problem, trials, registry=registry, **kwargs)
+
+
+def _name_of(spec: str) -> str:
+    return spec.split(":", 1)[0].strip()
+
+
+_RANGE = re.compile(r"^(log|lin)\(\s*([^,]+),\s*([^,]+),\s*(\d+)\s*\)$")
+
+
+def parse_param(text: str) -> tuple[str, list[str]]:
+    """``lr=0.001,0.01,0.1`` or ``lr=log(1e-4,1,9)`` / ``lin(a,b,n)`` -> (name, values as text)."""
+    name, eq, values = text.partition("=")
+    name = name.strip()
+    if not eq or not name or not values.strip():
+        raise SpecError("expected NAME=V1,V2,... or NAME=log(LOW,HIGH,N)", text, 0, len(text))
+    m = _RANGE.match(values.strip())
+    if m:
+        kind, lo, hi, n = m.groups()
+        try:
+            lo_f, hi_f, count = float(lo), float(hi), int(n)
+        except ValueError:
+            raise SpecError("range bounds must be numbers", text, len(name) + 1, len(text)) from None
+        if count < 1 or (kind == "log" and (lo_f <= 0 or hi_f <= 0)):
+            raise SpecError("log ranges need positive bounds and N >= 1", text, len(name) + 1, len(text))
+        grid = np.geomspace(lo_f, hi_f, count) if kind == "log" else np.linspace(lo_f, hi_f, count)
+        return name, [repr(float(f"{v:.6g}")) for v in grid]
+    items = [v.strip() for v in values.split(",")]
+    if any(not v for v in items):
+        raise SpecError("empty value in the list", text, len(name) + 1, len(text))
+    return name, items
+
+
+def sweep(spec: str, params: dict[str, Sequence[Any]] | Sequence[str], problem=None, *,
+          seeds: int | Sequence[int] = 1, registry: Registry | None = None, **kwargs) -> Study:
+    """Vary hyperparameters of ``spec`` over a grid; one table row per combination.
+
+    ``params`` maps a hyperparameter (as ``gdzoo.optimizer`` keywords take it) to its values, or
+    is a list of ``"lr=0.001,0.01"`` / ``"lr=log(1e-4,1,9)"`` strings.
+    """
+    if not isinstance(params, dict):
+        params = dict(parse_param(p) for p in params)
+    if not params:
+        raise GdzooError("sweep needs at least one --param NAME=VALUES")
+    names = list(params)
+    grid = list(itertools.product(*(params[n] for n in names)))
+    trials = [Trial(spec, seed, tuple(zip(names, combo))) for combo in grid for seed in seeds_of(seeds)]
+    kwargs.setdefault("tol", 1e-6)
+    problem = problem if problem is not None or kwargs.get("model") is not None else DEFAULT_PROBLEM
+    return execute(problem, trials, registry=registry, kind="sweep", params=names, **kwargs)
+
+
+DEFAULT_PROBLEM = "purchase"

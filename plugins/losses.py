@@ -1,0 +1,90 @@
+"""Built-in losses: mse, mae, huber, bce (on logits) and cross_entropy, as torch.nn.functional computes them."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from gdzoo import GdzooError, Hyper, checks, hookimpl
+from gdzoo.problem import Loss
+
+
+def _same_shape(loss: Loss, prediction: torch.Tensor, target: torch.Tensor, hint: str) -> None:
+    """Refuse the silent broadcasting torch does when a prediction and its target differ in shape."""
+    if prediction.shape != target.shape:
+        raise GdzooError(f"loss {loss.name}: prediction shape {list(prediction.shape)} does not match "
+                         f"target shape {list(target.shape)}; {hint}")
+
+
+class _Elementwise(Loss):
+    """A loss comparing each prediction with its target: one model output per target value."""
+
+    hint = "it needs one output per target value (use cross_entropy for class-index targets)"
+
+    def __call__(self, prediction, target):
+        _same_shape(self, prediction, target, self.hint)
+        return self.compute(prediction, target.to(prediction.dtype))
+
+    def compute(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class MSE(_Elementwise):
+    """Mean squared error: mean((prediction - target)²), torch.nn.functional.mse_loss."""
+
+    name = "mse"
+
+    def compute(self, prediction, target):
+        return F.mse_loss(prediction, target)
+
+
+class MAE(_Elementwise):
+    """Mean absolute error: mean(|prediction - target|), torch.nn.functional.l1_loss."""
+
+    name = "mae"
+
+    def compute(self, prediction, target):
+        return F.l1_loss(prediction, target)
+
+
+class Huber(_Elementwise):
+    """Huber loss: squared below delta, linear above it, torch.nn.functional.huber_loss."""
+
+    name = "huber"
+    hyperparameters = (Hyper("delta", 1.0, "float", "where the loss turns from quadratic to linear, > 0"),)
+
+    @classmethod
+    def check(cls, hp):
+        checks.positive("delta", hp["delta"])
+
+    def compute(self, prediction, target):
+        return F.huber_loss(prediction, target, delta=self.hp["delta"])
+
+
+class BCE(_Elementwise):
+    """Binary cross-entropy on logits (targets 0/1), torch.nn.functional.binary_cross_entropy_with_logits."""
+
+    name = "bce"
+    hint = "bce needs one logit per row (binary targets); use cross_entropy for more than 2 classes"
+
+    def compute(self, prediction, target):
+        return F.binary_cross_entropy_with_logits(prediction, target)
+
+
+class CrossEntropy(Loss):
+    """Cross-entropy of logits [n, C] against class indices [n], torch.nn.functional.cross_entropy."""
+
+    name = "cross_entropy"
+
+    def __call__(self, prediction, target):
+        if prediction.dim() != 2 or target.shape != prediction.shape[:1]:
+            raise GdzooError(f"loss cross_entropy: expected logits [n, classes] and class indices [n], got "
+                             f"prediction shape {list(prediction.shape)} and target shape {list(target.shape)}"
+                             f" (use bce for binary targets with one logit per row)")
+        return F.cross_entropy(prediction, target.long())
+
+
+@hookimpl
+def register_losses(register):
+    for loss in (MSE, MAE, Huber, BCE, CrossEntropy):
+        register(loss)
