@@ -102,10 +102,13 @@ class Chain(torch.optim.Optimizer):
     """A ``torch.optim.Optimizer`` that runs an ordered chain of transforms.
 
     Build one with :func:`gdzoo.optimizer`; ``Chain(params, links, defaults)`` is the low-level
-    constructor (``defaults`` maps group keys to values).
+    constructor (``defaults`` maps group keys to values).  With ``batch=K`` every parameter has a
+    leading dimension of K configurations, and a hyperparameter may be a float64 tensor of shape
+    [K] (one value per configuration; see :mod:`gdzoo.ops`).
     """
 
-    def __init__(self, params: Iterable, links: list[Link], defaults: dict[str, Any], spec: str = ""):
+    def __init__(self, params: Iterable, links: list[Link], defaults: dict[str, Any], spec: str = "",
+                 batch: int | None = None):
         for link in links:
             bad = [s for s in link.stages if s not in STAGES] or \
                 (["update"] if "update" in link.stages and len(link.stages) > 1 else [])
@@ -123,6 +126,7 @@ class Chain(torch.optim.Optimizer):
         self.schedule = [(stage, link) for stage in STAGES for link in links if stage in link.stages]
         self.stage = ""
         self.spec = spec
+        self.batch = batch  # K when parameters carry a leading dimension of K configurations
         self._buffers: dict[tuple[int, str], torch.Tensor] = {}
         super().__init__(params, defaults)
 
@@ -146,8 +150,16 @@ class Chain(torch.optim.Optimizer):
                 hp = {}
                 for name, key in link.keys:
                     hyper = next(h for h in type(link.transform).hyperparameters if h.name == name)
-                    group[key] = hp[name] = hyper.coerce(group[key])
-                link.transform.check(hp)
+                    value = group[key]
+                    if isinstance(value, torch.Tensor) and value.dim() == 1 and self.batch:
+                        if value.numel() != self.batch:
+                            raise ValueError(f"{key}: {value.numel()} values for a batch of {self.batch}")
+                        group[key] = hp[name] = value.to(torch.float64)
+                    else:
+                        group[key] = hp[name] = hyper.coerce(value)
+                for k in range(self.batch or 1):  # each configuration of a batch must be valid alone
+                    link.transform.check({n: v[k].item() if isinstance(v, torch.Tensor) and v.dim() == 1 else v
+                                          for n, v in hp.items()})
         except Exception:
             self.param_groups.pop()  # a rejected group must not stay in the optimizer
             raise

@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+import torch
+
 from .chain import Chain, Link, Transform, group_key
 from .errors import PluginError, SpecError, UnknownComponent
 from .plugins import PluginInfo, Plugins
@@ -254,12 +256,15 @@ class Registry:
                                 e.start + len(e.text))
             seen.add(e.name)
 
-    def optimizer(self, spec: str, params: Iterable, **hyperparameters) -> Chain:
+    def optimizer(self, spec: str, params: Iterable, *, batch: int | None = None, **hyperparameters) -> Chain:
         """Build the optimizer a spec names, over ``params`` (tensors or param-group dicts).
 
         Keyword hyperparameters use torch.optim's names for the optimizer (``lr``, ``betas``...)
         and ``transform.name`` for a transform's (``**{"clip_norm.max_norm": 1.0}``); a name that
         belongs to one transform only may also be given bare (``max_norm=1.0``).
+
+        ``batch=K``: the parameters carry a leading dimension of K configurations and each keyword
+        value is a list of K values, one per configuration (numbers may differ; flags may not).
         """
         pairs = self._links(spec)
         self._check_chain(spec)
@@ -284,9 +289,24 @@ class Registry:
                 close = difflib.get_close_matches(name, list(by_key), n=1)
                 hint = f" (did you mean {close[0]}?)" if close else ""
                 raise ValueError(f"{spec!r} has no hyperparameter {name!r}{hint}; valid: {', '.join(by_key)}")
-            defaults[key] = by_key[key][1].coerce(value)
+            hyper = by_key[key][1]
+            defaults[key] = hyper.coerce(value) if batch is None else _batched(hyper, value, batch)
         # Chain.add_param_group checks every group's values, keyword ones included.
-        return Chain(params, links, defaults, spec=spec)
+        return Chain(params, links, defaults, spec=spec, batch=batch)
+
+
+def _batched(hyper: Hyper, values: Any, batch: int) -> Any:
+    """K per-configuration values of one hyperparameter: one value if they agree, else a [K] tensor."""
+    values = [hyper.coerce(v) for v in values]
+    if len(values) != batch:
+        raise ValueError(f"{hyper.name}: {len(values)} values for a batch of {batch}")
+    if all(v == values[0] for v in values):
+        return values[0]
+    if hyper.kind == "float":
+        return torch.tensor(values, dtype=torch.float64)
+    if hyper.kind == "floats":
+        return tuple(_batched(dataclasses.replace(hyper, kind="float"), column, batch) for column in zip(*values))
+    raise ValueError(f"{hyper.name}: configurations of one batch must share it, got {values}")
 
 
 def _coerce_overrides(comp: Component, overrides: dict[str, Any]) -> dict[str, Any]:

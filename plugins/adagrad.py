@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from gdzoo import Hyper, Transform, checks, hookimpl, step_counter
+from gdzoo.ops import add, addcdiv_, nonzero, per
 
 
 class Adagrad(Transform):
@@ -33,19 +34,20 @@ class Adagrad(Transform):
         for param, grad, state in zip(params, grads, states):
             if "step" not in state:
                 state["step"] = step_counter()
-                state["sum"] = torch.full_like(param, hp["initial_accumulator_value"],
-                                               memory_format=torch.preserve_format)
+                init = hp["initial_accumulator_value"]
+                state["sum"] = torch.zeros_like(param, memory_format=torch.preserve_format).add_(per(init, param)) \
+                    if isinstance(init, torch.Tensor) else torch.full_like(param, init, memory_format=torch.preserve_format)
             state_sum, step_t = state["sum"], state["step"]
             step_t += 1
             step = step_t.item()
             if hp["maximize"]:
                 grad = torch.neg(grad, out=ctx.buffer(param))
-            if weight_decay != 0:
-                grad = torch.add(grad, param, alpha=weight_decay, out=ctx.buffer(param))
+            if nonzero(weight_decay):
+                grad = add(grad, param, per(weight_decay, param), out=ctx.buffer(param))
             clr = lr / (1 + (step - 1) * lr_decay)
             state_sum.addcmul_(grad, grad, value=1)
-            std = torch.sqrt(state_sum, out=ctx.buffer(param, "denom")).add_(eps)
-            param.addcdiv_(grad, std, value=-clr)
+            std = torch.sqrt(state_sum, out=ctx.buffer(param, "denom")).add_(per(eps, param))
+            addcdiv_(param, grad, std, per(-clr, param), scratch=ctx.buffer(param, "batch"))
 
 
 @hookimpl

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from gdzoo import Hyper, Transform, checks, hookimpl, step_counter
+from gdzoo.ops import add, addcdiv_, addcmul_, nonzero, per
 
 
 class Adam(Transform):
@@ -43,13 +44,14 @@ class Adam(Transform):
                 grad = torch.neg(grad, out=ctx.buffer(param))
             exp_avg, exp_avg_sq, step_t = state["exp_avg"], state["exp_avg_sq"], state["step"]
             step_t += 1
-            if weight_decay != 0:
+            if nonzero(weight_decay):
                 if decoupled:
-                    param.mul_(1 - lr * weight_decay)
+                    param.mul_(per(1 - lr * weight_decay, param))
                 else:
-                    grad = torch.add(grad, param, alpha=weight_decay, out=ctx.buffer(param))
-            exp_avg.lerp_(grad, 1 - beta1)
-            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                    grad = add(grad, param, per(weight_decay, param), out=ctx.buffer(param))
+            denom = ctx.buffer(param, "denom")
+            exp_avg.lerp_(grad, per(1 - beta1, param))
+            addcmul_(exp_avg_sq.mul_(per(beta2, param)), grad, grad, per(1 - beta2, param), scratch=denom)
             step = step_t.item()
             bias_correction1 = 1 - beta1**step
             bias_correction2 = 1 - beta2**step
@@ -58,8 +60,8 @@ class Adam(Transform):
             second = exp_avg_sq
             if amsgrad:
                 second = torch.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])
-            denom = torch.sqrt(second, out=ctx.buffer(param, "denom")).div_(bias_correction2_sqrt).add_(eps)
-            param.addcdiv_(exp_avg, denom, value=-step_size)
+            torch.sqrt(second, out=denom).div_(per(bias_correction2_sqrt, param)).add_(per(eps, param))
+            addcdiv_(param, exp_avg, denom, per(-step_size, param), scratch=ctx.buffer(param))
 
 
 @hookimpl

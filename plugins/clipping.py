@@ -7,6 +7,7 @@ import math
 import torch
 
 from gdzoo import Hyper, Transform, checks, hookimpl
+from gdzoo.ops import per
 
 
 class ClipNorm(Transform):
@@ -32,12 +33,19 @@ class ClipNorm(Transform):
                              f"the global norm needs one")
         norm_type = norm_types.pop()
         grads = [grad for g in groups for grad in g.grads]
-        norms = torch._foreach_norm(grads, norm_type)
-        total = torch.linalg.vector_norm(torch.stack(norms), norm_type)
+        if ctx.batch:  # one norm per configuration: over every dimension but the first
+            norms = [torch.linalg.vector_norm(grad.reshape(grad.shape[0], -1), norm_type, dim=1) for grad in grads]
+            total = torch.linalg.vector_norm(torch.stack(norms, dim=1), norm_type, dim=1)
+        else:
+            norms = torch._foreach_norm(grads, norm_type)
+            total = torch.linalg.vector_norm(torch.stack(norms), norm_type)
         for g in groups:
-            coef = torch.clamp(g.hp["max_norm"] / (total + 1e-6), max=1.0)
+            max_norm = g.hp["max_norm"]
+            if isinstance(max_norm, torch.Tensor):  # batched: compute in the gradients' dtype, as unbatched
+                max_norm = max_norm.to(total.dtype)
+            coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
             for i, (param, grad) in enumerate(zip(g.params, g.grads)):
-                g.grads[i] = torch.mul(grad, coef, out=ctx.buffer(param))
+                g.grads[i] = torch.mul(grad, per(coef, param) if ctx.batch else coef, out=ctx.buffer(param))
 
 
 class ClipValue(Transform):
@@ -53,7 +61,8 @@ class ClipValue(Transform):
     def update(self, params, grads, states, hp, ctx):
         c = hp["clip_value"]
         for i, (param, grad) in enumerate(zip(params, grads)):
-            grads[i] = torch.clamp(grad, -c, c, out=ctx.buffer(param))
+            c_p = per(c, param)
+            grads[i] = torch.clamp(grad, -c_p, c_p, out=ctx.buffer(param))
 
 
 @hookimpl

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from gdzoo import Hyper, Transform, checks, hookimpl
+from gdzoo.ops import add, nonzero, per
 
 
 class L2(Transform):
@@ -19,10 +20,10 @@ class L2(Transform):
 
     def update(self, params, grads, states, hp, ctx):
         weight = hp["weight"]
-        if weight == 0:
+        if not nonzero(weight):
             return
         for i, (param, grad) in enumerate(zip(params, grads)):
-            grads[i] = torch.add(grad, param, alpha=weight, out=ctx.buffer(param))
+            grads[i] = add(grad, param, per(weight, param), out=ctx.buffer(param))
 
 
 class WeightDecay(Transform):
@@ -37,10 +38,10 @@ class WeightDecay(Transform):
 
     def step(self, groups, ctx):
         for g in groups:
-            if g.hp["weight"] != 0:
+            if nonzero(g.hp["weight"]):
                 factor = 1 - g.group["lr"] * g.hp["weight"]
                 for param in g.params:
-                    param.mul_(factor)
+                    param.mul_(per(factor, param))
 
 
 class L1(Transform):
@@ -64,16 +65,16 @@ class L1(Transform):
     def step(self, groups, ctx):
         for g in groups:
             weight, mode = g.hp["weight"], g.hp["mode"]
-            if weight == 0:
+            if not nonzero(weight):
                 continue
             if ctx.stage == "grad" and mode == "subgradient":
                 for i, (param, grad) in enumerate(zip(g.params, g.grads)):
                     sign = torch.sign(param, out=ctx.buffer(param, "l1"))
-                    g.grads[i] = torch.add(grad, sign, alpha=weight, out=ctx.buffer(param))
+                    g.grads[i] = add(grad, sign, per(weight, param), out=ctx.buffer(param))
             elif ctx.stage == "post" and mode == "prox":
                 threshold = g.group["lr"] * weight
                 for param in g.params:
-                    shrunk = torch.abs(param, out=ctx.buffer(param, "l1")).sub_(threshold).clamp_(min=0)
+                    shrunk = torch.abs(param, out=ctx.buffer(param, "l1")).sub_(per(threshold, param)).clamp_(min=0)
                     param.sign_().mul_(shrunk)
 
 

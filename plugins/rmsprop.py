@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from gdzoo import Hyper, Transform, checks, hookimpl, step_counter
+from gdzoo.ops import add, add_, addcdiv_, addcmul_, nonzero, per
 
 
 class RMSprop(Transform):
@@ -38,7 +39,7 @@ class RMSprop(Transform):
             if "step" not in state:
                 state["step"] = step_counter()
                 state["square_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-            if momentum > 0 and "momentum_buffer" not in state:
+            if nonzero(momentum) and "momentum_buffer" not in state:
                 state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
             if centered and "grad_avg" not in state:
                 state["grad_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
@@ -46,23 +47,23 @@ class RMSprop(Transform):
                 grad = torch.neg(grad, out=ctx.buffer(param))
             square_avg = state["square_avg"]
             state["step"] += 1
-            if weight_decay != 0:
-                grad = torch.add(grad, param, alpha=weight_decay, out=ctx.buffer(param))
-            square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
+            if nonzero(weight_decay):
+                grad = add(grad, param, per(weight_decay, param), out=ctx.buffer(param))
             avg = ctx.buffer(param, "denom")
+            addcmul_(square_avg.mul_(per(alpha, param)), grad, grad, per(1 - alpha, param), scratch=avg)
             if centered:
                 grad_avg = state["grad_avg"]
-                grad_avg.lerp_(grad, 1 - alpha)
+                grad_avg.lerp_(grad, per(1 - alpha, param))
                 torch.addcmul(square_avg, grad_avg, grad_avg, value=-1, out=avg).sqrt_()
             else:
                 torch.sqrt(square_avg, out=avg)
-            avg.add_(eps)
-            if momentum > 0:
+            avg.add_(per(eps, param))
+            if nonzero(momentum):
                 buf = state["momentum_buffer"]
-                buf.mul_(momentum).addcdiv_(grad, avg)
-                param.add_(buf, alpha=-lr)
+                buf.mul_(per(momentum, param)).addcdiv_(grad, avg)
+                add_(param, buf, per(-lr, param))
             else:
-                param.addcdiv_(grad, avg, value=-lr)
+                addcdiv_(param, grad, avg, per(-lr, param), scratch=ctx.buffer(param, "batch"))
 
 
 @hookimpl

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from gdzoo import Hyper, Transform, checks, hookimpl
+from gdzoo.ops import add, add_, nonzero, per
 
 
 class SGD(Transform):
@@ -36,19 +37,20 @@ class SGD(Transform):
         for param, grad, state in zip(params, grads, states):
             if maximize:
                 grad = torch.neg(grad, out=ctx.buffer(param))
-            if weight_decay != 0:
-                grad = torch.add(grad, param, alpha=weight_decay, out=ctx.buffer(param))
-            if momentum != 0:
+            if nonzero(weight_decay):
+                grad = add(grad, param, per(weight_decay, param), out=ctx.buffer(param))
+            if nonzero(momentum):
+                m = per(momentum, param)
                 buf = state.get("momentum_buffer")
                 if buf is None:
                     buf = state["momentum_buffer"] = grad.detach().clone()
                 else:
-                    buf.mul_(momentum).add_(grad, alpha=1 - dampening)
+                    add_(buf.mul_(m), grad, per(1 - dampening, param))
                 if nesterov:
-                    grad = torch.add(grad, buf, alpha=momentum, out=ctx.buffer(param))
+                    grad = add(grad, buf, m, out=ctx.buffer(param))
                 else:
                     grad = buf
-            param.add_(grad, alpha=-lr)
+            add_(param, grad, per(-lr, param))
 
 
 @hookimpl

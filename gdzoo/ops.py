@@ -1,0 +1,57 @@
+"""Tensor helpers for writing transforms whose hyperparameters may be batched.
+
+In a batched study (K configurations trained as one problem, parameters of shape [K, ...]) a
+hyperparameter that differs between configurations arrives as a float64 tensor of shape [K];
+otherwise it is a Python number.  These helpers take either, so one kernel serves both, and the
+scalar path runs exactly torch.optim's arithmetic.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def per(value: Any, param: Tensor) -> Any:
+    """``value`` shaped to broadcast against ``param``: a [K] tensor becomes [K, 1, ...]."""
+    if isinstance(value, Tensor):
+        return value.to(param.dtype).view(-1, *([1] * (param.dim() - 1)))
+    return value
+
+
+def nonzero(value: Any) -> bool:
+    """Whether a (possibly batched) hyperparameter is switched on; a batch agrees on this."""
+    if isinstance(value, Tensor):
+        return bool((value != 0).any())
+    return value != 0
+
+
+def add_(x: Tensor, y: Tensor, a: Any) -> Tensor:
+    """x += a * y, in place (``a`` already shaped by :func:`per`)."""
+    if isinstance(a, Tensor):
+        return x.addcmul_(y, a)
+    return x.add_(y, alpha=a)
+
+
+def add(x: Tensor, y: Tensor, a: Any, out: Tensor) -> Tensor:
+    """out = x + a * y."""
+    if isinstance(a, Tensor):
+        return torch.addcmul(x, y, a, out=out)
+    return torch.add(x, y, alpha=a, out=out)
+
+
+def addcmul_(x: Tensor, y: Tensor, z: Tensor, a: Any, scratch: Tensor) -> Tensor:
+    """x += a * y * z, in place; ``scratch`` (shaped like x) is used when ``a`` is batched."""
+    if isinstance(a, Tensor):
+        return x.addcmul_(torch.mul(y, a, out=scratch), z)
+    return x.addcmul_(y, z, value=a)
+
+
+def addcdiv_(x: Tensor, y: Tensor, z: Tensor, a: Any, scratch: Tensor) -> Tensor:
+    """x += a * y / z, in place, computed as (a * y) / z like torch's addcdiv; ``scratch`` is used
+    when ``a`` is batched."""
+    if isinstance(a, Tensor):
+        return x.addcdiv_(torch.mul(y, a, out=scratch), z)
+    return x.addcdiv_(y, z, value=a)
