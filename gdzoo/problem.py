@@ -29,6 +29,13 @@ class Loss:
     def __call__(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def batched(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The losses of K configurations at once: ``prediction`` [K, ...] against ``target`` (shared,
+        or [K, ...]) gives [K].  The default maps :meth:`__call__` with ``torch.func.vmap``; override
+        it with one vectorised pass where torch has one (the built-in losses do)."""
+        in_dims = (0, 0 if target.dim() == prediction.dim() else None)
+        return torch.func.vmap(self.__call__, in_dims=in_dims)(prediction, target)
+
 
 class Model:
     """A model family: ``Model(**hp).build(in_features, out_features)`` returns an ``nn.Module``."""
@@ -138,6 +145,12 @@ class Problem:
     def optimum(self) -> Optimum | None:
         """The known optimum of this problem (with its default model and loss), if any."""
         return None
+
+    def known_optimum(self) -> Optimum | None:
+        """:meth:`optimum`, computed once per problem instance."""
+        if not hasattr(self, "_optimum"):
+            self._optimum = self.optimum()
+        return self._optimum
 
     def metrics(self, prediction: torch.Tensor | None, data: Dataset | None) -> dict[str, float]:
         """Task metrics of a trained model's predictions on the full data (see gdzoo.metrics)."""

@@ -12,7 +12,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .engine import RunResult, make_budget, resolve_dtype, setup, train
+from .batched import batch_key, can_batch, train_batched
+from .engine import RunResult, build_problem, make_budget, resolve_dtype, setup, train
 from .errors import GdzooError, SpecError
 from .output import render
 from .registry import Registry, default_registry
@@ -122,8 +123,12 @@ def _mean_std(values: list[float]) -> str:
 def execute(problem, trials: Sequence[Trial], *, epochs=None, steps=None, batch_size=None, tol=None,
             target=None, blowup=1e6, dtype="float32", model=None, loss=None, data=None,
             registry: Registry | None = None, on_result: Callable[[Trial, RunResult], None] | None = None,
-            kind: str = "compare", params: list[str] | None = None) -> Study:
-    """Run every trial on the same problem, data and seeds; Ctrl-C keeps what finished."""
+            kind: str = "compare", params: list[str] | None = None, batched: bool = True) -> Study:
+    """Run every trial on the same problem, data and seeds; Ctrl-C keeps what finished.
+
+    With ``batched`` (the default), trials that differ only in numbers and seeds are trained as
+    one batched problem (see :mod:`gdzoo.batched`); their results equal separate runs.
+    """
     registry = registry or default_registry()
     dtype = resolve_dtype(dtype)
     name = problem if isinstance(problem, str) else getattr(problem, "name", "custom") if problem else "custom"
@@ -138,25 +143,45 @@ def execute(problem, trials: Sequence[Trial], *, epochs=None, steps=None, batch_
                 raise
             raise SpecError(f"{trial.label}: {exc}") from None
     problem_obj = None
+    groups: dict[tuple, list[Trial]] = {}
     for trial in trials:
+        key = batch_key(trial.spec, dict(trial.overrides), registry) if batched else (id(trial),)
+        groups.setdefault(key, []).append(trial)
+    for group in groups.values():
         try:
-            s = setup(problem_obj or problem, seed=trial.seed, dtype=dtype, registry=registry,
-                      model=model, loss=loss, data=data)
-            problem_obj = s.problem or problem_obj
-            budget = make_budget(s.problem, epochs, steps, batch_size, tol, target, blowup)
-            result = train(trial.spec, s, budget, seed=trial.seed, registry=registry,
-                           overrides=dict(trial.overrides))
-            result.problem = name
+            setups = []
+            for trial in group:
+                s = setup(problem_obj or problem, seed=trial.seed, dtype=dtype, registry=registry,
+                          model=model, loss=loss, data=data)
+                problem_obj = s.problem or problem_obj
+                setups.append(s)
+            budget = make_budget(problem_obj, epochs, steps, batch_size, tol, target, blowup)
+            if len(group) > 1 and can_batch(setups):
+                results = train_batched(group[0].spec, setups, [t.seed for t in group],
+                                        [dict(t.overrides) for t in group], budget, registry)
+            else:
+                results = [train(t.spec, s, budget, seed=t.seed, registry=registry, overrides=dict(t.overrides))
+                           for t, s in zip(group, setups)]
         except KeyboardInterrupt:
             study.interrupted = True
             break
-        if result.status == "interrupted":
-            study.interrupted = True
+        for trial, result in zip(group, results):
+            if result.status == "interrupted":
+                study.interrupted = True
+                break
+            result.problem = name
+            study.trials.append(trial)
+            study.runs.append(result)
+            if on_result is not None:
+                try:
+                    on_result(trial, result)
+                except KeyboardInterrupt:  # Ctrl-C while reporting: this run finished, keep it
+                    study.interrupted = True
+        if study.interrupted:
             break
-        study.trials.append(trial)
-        study.runs.append(result)
-        if on_result is not None:
-            on_result(trial, result)
+    order = {trial: i for i, trial in enumerate(trials)}
+    pairs = sorted(zip(study.trials, study.runs), key=lambda pair: order[pair[0]])
+    study.trials, study.runs = [t for t, _ in pairs], [r for _, r in pairs]
     return study
 
 
@@ -181,14 +206,9 @@ def compare(specs: Sequence[str] | None = None, problem=None, *, seeds: int | Se
     if not specs:
         if problem is None:
             raise GdzooError("give specs to compare on your own model")
-        prob = problem if not isinstance(problem, str) else registry.get("problem", _name_of(problem)).obj
-        specs = list(prob.zoo)
+        specs = list(build_problem(problem, registry)[0].zoo)
     trials = [Trial(spec, seed) for spec in specs for seed in seeds_of(seeds)]
     return execute(problem, trials, registry=registry, **kwargs)
-
-
-def _name_of(spec: str) -> str:
-    return spec.split(":", 1)[0].strip()
 
 
 _RANGE = re.compile(r"^(log|lin)\(\s*([^,]+),\s*([^,]+),\s*(\d+)\s*\)$")
@@ -211,6 +231,9 @@ def parse_param(text: str) -> tuple[str, list[str]]:
             raise SpecError("log ranges need positive bounds and N >= 1", text, len(name) + 1, len(text))
         grid = np.geomspace(lo_f, hi_f, count) if kind == "log" else np.linspace(lo_f, hi_f, count)
         return name, [repr(float(f"{v:.6g}")) for v in grid]
+    if re.match(r"^(log|lin)\s*\(", values.strip()):  # a range, but not a well-formed one
+        raise SpecError("a range is log(LOW,HIGH,N) or lin(LOW,HIGH,N): two numbers and a whole number N",
+                        text, len(name) + 1, len(text))
     items = [v.strip() for v in values.split(",")]
     if any(not v for v in items):
         raise SpecError("empty value in the list", text, len(name) + 1, len(text))

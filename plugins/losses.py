@@ -25,7 +25,12 @@ class _Elementwise(Loss):
         _same_shape(self, prediction, target, self.hint)
         return self.compute(prediction, target.to(prediction.dtype))
 
-    def compute(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def batched(self, prediction, target):
+        _same_shape(self, prediction[0], target if target.dim() < prediction.dim() else target[0], self.hint)
+        target = target.to(prediction.dtype).expand_as(prediction)
+        return self.compute(prediction, target, "none").mean(dim=tuple(range(1, prediction.dim())))
+
+    def compute(self, prediction: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -34,8 +39,8 @@ class MSE(_Elementwise):
 
     name = "mse"
 
-    def compute(self, prediction, target):
-        return F.mse_loss(prediction, target)
+    def compute(self, prediction, target, reduction="mean"):
+        return F.mse_loss(prediction, target, reduction=reduction)
 
 
 class MAE(_Elementwise):
@@ -43,8 +48,8 @@ class MAE(_Elementwise):
 
     name = "mae"
 
-    def compute(self, prediction, target):
-        return F.l1_loss(prediction, target)
+    def compute(self, prediction, target, reduction="mean"):
+        return F.l1_loss(prediction, target, reduction=reduction)
 
 
 class Huber(_Elementwise):
@@ -57,8 +62,8 @@ class Huber(_Elementwise):
     def check(cls, hp):
         checks.positive("delta", hp["delta"])
 
-    def compute(self, prediction, target):
-        return F.huber_loss(prediction, target, delta=self.hp["delta"])
+    def compute(self, prediction, target, reduction="mean"):
+        return F.huber_loss(prediction, target, reduction=reduction, delta=self.hp["delta"])
 
 
 class BCE(_Elementwise):
@@ -67,8 +72,8 @@ class BCE(_Elementwise):
     name = "bce"
     hint = "bce needs one logit per row (binary targets); use cross_entropy for more than 2 classes"
 
-    def compute(self, prediction, target):
-        return F.binary_cross_entropy_with_logits(prediction, target)
+    def compute(self, prediction, target, reduction="mean"):
+        return F.binary_cross_entropy_with_logits(prediction, target, reduction=reduction)
 
 
 class CrossEntropy(Loss):
@@ -82,6 +87,12 @@ class CrossEntropy(Loss):
                              f"prediction shape {list(prediction.shape)} and target shape {list(target.shape)}"
                              f" (use bce for binary targets with one logit per row)")
         return F.cross_entropy(prediction, target.long())
+
+    def batched(self, prediction, target):
+        K, n = prediction.shape[:2]
+        target = target.long().expand(K, n)
+        self(prediction[0], target[0])  # shape checks
+        return F.cross_entropy(prediction.reshape(K * n, -1), target.reshape(-1), reduction="none").view(K, n).mean(1)
 
 
 @hookimpl

@@ -1,0 +1,305 @@
+"""K configurations trained as one batched problem.
+
+Configurations that share a problem, a model family, a chain and batching differ only in their
+numbers (learning rate, momentum...) and seeds.  Their parameters are stacked along a leading
+dimension of size K (``torch.func.stack_module_state``), the loss of all K is computed in one
+vectorised pass (``torch.func.vmap``), and the chain steps all K at once with per-configuration
+hyperparameters as [K] tensors (``Chain(batch=K)``).  Each configuration keeps its own stop rules:
+one that converges, reaches its target or diverges is frozen at that step (its parameters are
+kept aside) and never disturbs the others.  Every configuration's result equals its separate run.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from .engine import Budget, RunResult, Setup, _finish, _squeeze
+from .registry import Registry
+from .spec import Hyper
+
+
+def batch_key(spec: str, overrides: dict[str, Any], registry: Registry) -> tuple:
+    """Trials with equal keys can share a batch: same chain, same flags, same zero/non-zero numbers."""
+    parts = []
+    for name, value in sorted(overrides.items()):
+        hyper = _hyper(registry, spec, name)
+        if hyper is not None and hyper.kind in ("float", "floats"):
+            try:
+                coerced = hyper.coerce(value)
+            except ValueError:
+                return (spec, "unbatchable", id(value))
+            numbers = coerced if isinstance(coerced, tuple) else (coerced,)
+            parts.append((name, tuple(n == 0 for n in numbers)))
+        else:
+            parts.append((name, repr(value)))
+    return (spec, tuple(parts))
+
+
+def _hyper(registry: Registry, spec: str, name: str) -> Hyper | None:
+    probe = registry.optimizer(spec, [torch.zeros(1, requires_grad=True)])
+    for link in probe.links:
+        for hyper_name, key in link.keys:
+            if name in (key, hyper_name):
+                return next(h for h in type(link.transform).hyperparameters if h.name == hyper_name)
+    return None
+
+
+def can_batch(setups: Sequence[Setup]) -> bool:
+    """Batching needs in-memory data (or a function problem) and modules of one shape."""
+    first = setups[0]
+    if first.loader is not None:
+        return False
+    shapes = [tuple((n, p.shape, p.dtype) for n, p in s.module.named_parameters()) for s in setups]
+    return all(shape == shapes[0] for shape in shapes)
+
+
+class _Live:
+    """The configurations still training: their stacked parameters, optimizer and generators.
+
+    When enough configurations have stopped, :meth:`compact` drops them, so that finished (or
+    diverged, or underflowing) configurations cost nothing more.
+    """
+
+    def __init__(self, spec, setups, seeds, overrides, budget, registry):
+        self.spec, self.overrides, self.registry = spec, overrides, registry
+        self.ids = list(range(len(setups)))
+        self.params, self.buffers = stack_module_state([s.module for s in setups])
+        self.names = list(self.params)
+        self.gens = [torch.Generator().manual_seed(seed) for seed in seeds]
+        self.opt = self._optimizer()
+
+    @property
+    def trainable(self) -> list[torch.Tensor]:
+        return [self.params[n] for n in self.names]
+
+    def _optimizer(self):
+        configs = [self.overrides[i] for i in self.ids]
+        keys = sorted({k for o in configs for k in o})
+        return self.registry.optimizer(self.spec, self.trainable, batch=len(self.ids),
+                                       **{k: [o[k] for o in configs] for k in keys})
+
+    def compact(self, keep: list[int]) -> None:
+        """Keep only the batch positions ``keep`` (parameters, buffers, optimizer state, generators)."""
+        index = torch.tensor(keep)
+        old_params = self.trainable
+        self.params = {n: p.detach()[index].clone().requires_grad_(p.requires_grad) for n, p in self.params.items()}
+        self.buffers = {n: b[index].clone() for n, b in self.buffers.items()}
+        self.ids = [self.ids[i] for i in keep]
+        self.gens = [self.gens[i] for i in keep]
+        width = len(old_params[0]) if old_params else 0
+        old_state = self.opt.state
+        self.opt = self._optimizer()
+        for old, new in zip(old_params, self.trainable):
+            if old in old_state:
+                self.opt.state[new] = _take(old_state[old], index, width)
+
+
+def _take(state: Any, index: torch.Tensor, width: int) -> Any:
+    """Optimizer state restricted to some configurations: per-configuration tensors are indexed."""
+    if isinstance(state, dict):
+        return {k: _take(v, index, width) for k, v in state.items()}
+    if isinstance(state, torch.Tensor) and state.dim() > 0 and state.shape[0] == width:
+        return state[index].clone()
+    return state.clone() if isinstance(state, torch.Tensor) else state
+
+
+def train_batched(spec: str, setups: Sequence[Setup], seeds: Sequence[int],
+                  overrides: Sequence[dict[str, Any]], budget: Budget, registry: Registry) -> list[RunResult]:
+    """Train K prepared setups as one batched problem; one RunResult per configuration."""
+    K = len(setups)
+    first = setups[0]
+    live = _Live(spec, setups, seeds, overrides, budget, registry)
+    full_batch = first.data is None or budget.batch_size is None or budget.batch_size >= len(first.data)
+    shared = full_batch or len(set(seeds)) == 1
+    if first.objective is not None:
+        objective = first.objective
+        forward = vmap(lambda x: objective(x))
+        loss_of = lambda batch: forward(live.params["x"])  # noqa: E731
+    else:
+        loss_fn = first.loss_fn
+        stacked = stacked_forward(first.module)
+        if stacked is not None and hasattr(loss_fn, "batched"):
+            loss_of = lambda batch: loss_fn.batched(_squeeze_k(stacked(live.params, batch[0])), batch[1])  # noqa: E731
+        else:
+            base = copy.deepcopy(first.module).to("meta")
+
+            def one(p, b, X, y):
+                return loss_fn(_squeeze(functional_call(base, (p, b), (X,))), y)
+
+            forward = vmap(one, in_dims=(0, 0, None, None) if shared else (0, 0, 0, 0))
+            loss_of = lambda batch: forward(live.params, live.buffers, *batch)  # noqa: E731
+
+    max_steps = budget.steps if budget.steps is not None else math.inf
+    max_epochs = budget.epochs if budget.epochs is not None else math.inf
+    nan = torch.full((K,), math.nan, dtype=torch.float64)
+    history: list[torch.Tensor] = []  # losses of all K configurations per step (nan once stopped)
+    epoch_losses: list[torch.Tensor] = []
+    status = ["budget"] * K
+    stopped_at = [0] * K
+    epochs_done = [0] * K
+    converged_at: list[int | None] = [None] * K
+    target_at: list[int | None] = [None] * K
+    diverged_at: list[int | None] = [None] * K
+    frozen: dict[int, list[torch.Tensor]] = {}
+    start = None  # per batch position
+    step = epoch = 0
+    interrupted = False
+
+    def stop(mask: torch.Tensor, why: str, epochs: int) -> None:
+        for pos in mask.nonzero().flatten().tolist():
+            k = live.ids[pos]
+            if k in frozen:
+                continue
+            status[k], stopped_at[k], epochs_done[k] = why, step, epochs
+            if why == "converged":
+                converged_at[k] = step
+            elif why == "target":
+                target_at[k] = step
+            elif why == "diverged":
+                diverged_at[k] = step
+            frozen[k] = [p[pos].detach().clone() for p in live.trainable]
+
+    def rules(losses: torch.Tensor, previous: torch.Tensor | None, epochs: int) -> None:
+        if budget.target is not None:
+            stop(losses <= budget.target, "target", epochs)
+        if budget.tol is not None and previous is not None:
+            stop((losses - previous).abs() <= budget.tol, "converged", epochs)
+
+    def running() -> list[int]:
+        return [pos for pos, k in enumerate(live.ids) if k not in frozen]
+
+    t0 = time.perf_counter()
+    try:
+        while step < max_steps and epoch < max_epochs and running():
+            epoch_sum = torch.zeros(K, dtype=torch.float64)
+            epoch_n = 0
+            for batch in _batches(first, budget.batch_size, live.gens, shared):
+                live.opt.zero_grad()
+                losses = loss_of(batch)
+                losses.sum().backward()
+                live.opt.step()
+                values = losses.detach().double()
+                step += 1
+                ids = torch.tensor(live.ids)
+                history.append(nan.index_put((ids,), values))
+                epoch_sum.index_add_(0, ids, values)
+                epoch_n += 1
+                if start is None:
+                    start = torch.where(values.isfinite(), values.abs(), torch.full_like(values, math.inf))
+                blown = ~values.isfinite() | (values > budget.blowup * start.clamp(min=1e-12))
+                stop(blown, "diverged", epoch + 1)
+                if full_batch:
+                    previous = history[-2][ids] if len(history) > 1 else None
+                    rules(values, previous, epoch + 1)
+                keep = running()
+                if step >= max_steps or not keep:
+                    break
+                if len(keep) <= 0.75 * len(live.ids) and full_batch:
+                    start = start[torch.tensor(keep)]
+                    live.compact(keep)
+            epoch += 1
+            epoch_losses.append(epoch_sum / max(epoch_n, 1))
+            if not full_batch:
+                ids = torch.tensor(live.ids)
+                rules(epoch_losses[-1][ids], epoch_losses[-2][ids] if len(epoch_losses) > 1 else None, epoch)
+                keep = running()
+                if keep and len(keep) <= 0.75 * len(live.ids):
+                    start = start[torch.tensor(keep)]
+                    live.compact(keep)
+    except KeyboardInterrupt:
+        interrupted = True
+    wall = time.perf_counter() - t0
+
+    for pos, k in enumerate(live.ids):
+        if k not in frozen:
+            stopped_at[k], epochs_done[k] = step, epoch
+            frozen[k] = [p[pos].detach().clone() for p in live.trainable]
+            if interrupted:
+                status[k] = "interrupted"
+    steps_hist = torch.stack(history) if history else torch.zeros(0, K, dtype=torch.float64)
+    epochs_hist = torch.stack(epoch_losses) if epoch_losses else torch.zeros(0, K, dtype=torch.float64)
+    results = []
+    for k in range(K):
+        with torch.no_grad():
+            for param, value in zip(setups[k].module.parameters(), frozen[k]):
+                param.copy_(value)
+        n_steps, n_epochs = stopped_at[k], epochs_done[k]
+        own_epochs = epochs_hist[:n_epochs, k].tolist()
+        if n_epochs and not full_batch and status[k] == "diverged":
+            # Stopped inside an epoch: its mean covers only the batches this configuration took.
+            per_epoch = -(-len(first.data) // budget.batch_size)
+            own_epochs[-1] = steps_hist[(n_epochs - 1) * per_epoch:n_steps, k].mean().item()
+        if status[k] != "diverged" and not bool(torch.isfinite(torch.cat([v.reshape(-1) for v in frozen[k]])).all()):
+            status[k], diverged_at[k] = "diverged", n_steps
+        result = _finish(spec, setups[k], budget, seeds[k], status[k], n_steps, n_epochs,
+                         steps_hist[:n_steps, k].tolist(), own_epochs,
+                         converged_at[k], target_at[k], diverged_at[k], wall / K)
+        result.config["batched"] = K
+        results.append(result)
+    return results
+
+
+_ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.Identity)
+
+
+def stacked_forward(module: nn.Module):
+    """A forward pass over stacked parameters for linear layers and MLPs, without vmap's overhead.
+
+    Returns ``f(params, X) -> [K, n, out]`` (X shared [n, d] or per configuration [K, n, d]),
+    or None for modules of other shapes (which then go through vmap).
+    """
+    if isinstance(module, nn.Linear):
+        layers = [("", module)]
+    elif isinstance(module, nn.Sequential) and all(isinstance(m, (nn.Linear,) + _ELEMENTWISE) for m in module):
+        layers = [(f"{name}.", m) for name, m in module.named_children()]
+    else:
+        return None
+
+    def forward(params, X):
+        h = X
+        for prefix, layer in layers:
+            if isinstance(layer, nn.Linear):
+                W = params[prefix + "weight"]  # [K, out, in]
+                if h.dim() == 2:  # shared input: one GEMM against all K weight matrices side by side
+                    K, out, d = W.shape
+                    h = torch.mm(h, W.reshape(K * out, d).t()).view(h.shape[0], K, out).transpose(0, 1)
+                else:
+                    h = torch.matmul(h, W.transpose(-1, -2))
+                if layer.bias is not None:
+                    h = h + params[prefix + "bias"].unsqueeze(-2)
+            else:
+                h = layer(h)
+        return h
+
+    return forward
+
+
+def _squeeze_k(pred: torch.Tensor) -> torch.Tensor:
+    return pred.squeeze(-1) if pred.dim() == 3 and pred.shape[-1] == 1 else pred
+
+
+def _batches(first: Setup, batch_size: int | None, gens: list[torch.Generator], shared: bool):
+    """One epoch of batches: shared by all configurations (one seed), or each configuration's own
+    shuffle stacked along dim 0 — the same order as its separate run."""
+    data = first.data
+    if data is None:
+        return [None]
+    n = len(data)
+    if batch_size is None or batch_size >= n:
+        return [(data.X, data.y)]
+    if shared:
+        perm = torch.randperm(n, generator=gens[0])
+        for g in gens[1:]:  # keep every generator in step, as its own run would
+            torch.randperm(n, generator=g)
+        X, y = data.X[perm], data.y[perm]
+        return [(X[i:i + batch_size], y[i:i + batch_size]) for i in range(0, n, batch_size)]
+    idx = torch.stack([torch.randperm(n, generator=g) for g in gens])
+    X, y = data.X[idx], data.y[idx]
+    return [(X[:, i:i + batch_size], y[:, i:i + batch_size]) for i in range(0, n, batch_size)]
