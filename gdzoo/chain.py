@@ -105,10 +105,15 @@ class Chain(torch.optim.Optimizer):
     constructor (``defaults`` maps group keys to values).  With ``batch=K`` every parameter has a
     leading dimension of K configurations, and a hyperparameter may be a float64 tensor of shape
     [K] (one value per configuration; see :mod:`gdzoo.ops`).
+
+    With ``fused=True`` every step after the first runs the whole chain as one ``torch.compile``d
+    function (Inductor fuses it into a pass or two over memory): worth its compile time (seconds)
+    for large parameters.  The learning rate enters as data, so schedulers do not recompile it;
+    other hyperparameters are compiled in as constants (changing them recompiles).
     """
 
     def __init__(self, params: Iterable, links: list[Link], defaults: dict[str, Any], spec: str = "",
-                 batch: int | None = None):
+                 batch: int | None = None, fused: bool = False):
         for link in links:
             bad = [s for s in link.stages if s not in STAGES] or \
                 (["update"] if "update" in link.stages and len(link.stages) > 1 else [])
@@ -127,6 +132,11 @@ class Chain(torch.optim.Optimizer):
         self.stage = ""
         self.spec = spec
         self.batch = batch  # K when parameters carry a leading dimension of K configurations
+        self.fused = fused  # run steps (after the first) as one torch.compile'd function
+        self._compiled = None
+        self._stepped: set[int] = set()
+        self._fused_lr: dict[int, torch.Tensor] = {}  # per group: lr enters the compiled step as data
+        self._fused_ctx = _Fused()
         self._buffers: dict[tuple[int, str], torch.Tensor] = {}
         super().__init__(params, defaults)
 
@@ -202,22 +212,50 @@ class Chain(torch.optim.Optimizer):
         groups = self._views()
         if not groups:
             return loss
-        state = self.state
-        for stage, link in self.schedule:
-            t = link.transform
-            views = []
+        states = [[self.state[p] for p in params] for _, params, _ in groups]
+        if self.fused and all(id(p) in self._stepped for _, params, _ in groups for p in params):
+            if self._compiled is None:
+                self._compiled = torch.compile(_run, dynamic=False)
+            fused_groups = []
             for group, params, grads in groups:
-                if stage == "update":
-                    states = [state[p] for p in params]
-                elif t.stateful:
-                    states = [state[p].setdefault(t.name, {}) for p in params]
-                else:
-                    states = [{}] * len(params)
-                views.append(GroupView(params, grads, states, {n: group[k] for n, k in link.keys}, group))
-            self.stage = stage
-            t.step(views, self)
-        self.stage = ""
+                lr = self._fused_lr.get(id(group))
+                if lr is None:
+                    lr = self._fused_lr[id(group)] = torch.zeros((), dtype=torch.float64)
+                fused_groups.append(({**group, "lr": lr.fill_(group["lr"])}, params, grads))
+            self._compiled(self.schedule, fused_groups, states, self._fused_ctx)
+        else:
+            _run(self.schedule, groups, states, self)
+            if self.fused:  # state now exists: later steps can run compiled
+                self._stepped.update(id(p) for _, params, _ in groups for p in params)
         return loss
+
+
+class _Fused:
+    """The ``ctx`` of a compiled step: no scratch buffers (functional ops let Inductor fuse them)."""
+
+    batch = None
+    stage = ""
+
+    def buffer(self, param, key="grad"):
+        return None
+
+
+def _run(schedule, groups, param_states, ctx) -> None:
+    """One step of a chain: every stage's transforms, over every group's parameters with a grad."""
+    for stage, link in schedule:
+        t = link.transform
+        views = []
+        for (group, params, grads), states in zip(groups, param_states):
+            if stage == "update":
+                own = states
+            elif t.stateful:
+                own = [s.setdefault(t.name, {}) for s in states]
+            else:
+                own = [{}] * len(params)
+            views.append(GroupView(params, grads, own, {n: group[k] for n, k in link.keys}, group))
+        ctx.stage = stage
+        t.step(views, ctx)
+    ctx.stage = ""
 
 
 def step_counter() -> torch.Tensor:

@@ -24,8 +24,8 @@ class GdzooGroup(click.Group):
     def _load_plugins(self) -> None:
         if GdzooGroup._plugins_loaded:
             return
+        registry = default_registry()  # may raise in strict mode: then try again next time
         GdzooGroup._plugins_loaded = True
-        registry = default_registry()
         for info, impl in registry.plugins.hookimpls("register_commands"):
             try:
                 impl.function(cli=self)
@@ -47,6 +47,8 @@ class GdzooGroup(click.Group):
             raise click.UsageError(str(exc), ctx) from None
         except GdzooError as exc:
             raise click.ClickException(str(exc)) from None
+        except (BrokenPipeError, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # Exit (from --help in a command) and Abort are RuntimeErrors that click handles itself
         except (ValueError, TypeError, RuntimeError, OSError) as exc:
             raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
 
@@ -171,14 +173,20 @@ def run_command(problem, spec, epochs, steps, batch_size, tol, target, dtype, se
     """
     registry = default_registry()
     prob, _ = engine.build_problem(problem, registry)
-    total = epochs or prob.budget.get("epochs") or 10
-    every = every or max(1, total // 10)
+    if epochs is None and steps is None:
+        epochs, steps = prob.budget.get("epochs"), prob.budget.get("steps")
+    if every is None:  # about ten progress lines; an epoch of a function problem is one step
+        total = epochs or steps if prob.task == "function" or epochs is None else epochs
+        every = max(1, (total or 10) // 10)
+    unit = "step" if prob.task == "function" else "epoch"
+    to_stderr = fmt in output.EXTRA_FORMATS  # json and csv: keep stdout machine-readable
 
     def on_epoch(epoch, loss, module):
         if quiet or (epoch - 1) % every:
             return
         shown = _small_params(module)
-        click.echo(f"epoch {epoch}: " + "".join(f"{k} = {v}, " for k, v in shown) + f"loss = {loss:.8f}")
+        click.echo(f"{unit} {epoch}: " + "".join(f"{k} = {v}, " for k, v in shown) + f"loss = {loss:.8f}",
+                   err=to_stderr)
 
     result = engine.run(spec, prob, seed=seed, epochs=epochs, steps=steps, batch_size=batch_size, tol=tol,
                         target=target, dtype=dtype, on_epoch=on_epoch, registry=registry)
@@ -186,7 +194,7 @@ def run_command(problem, spec, epochs, steps, batch_size, tol, target, dtype, se
     if result.status == "interrupted":
         click.echo("Interrupted.", err=True)
     for line in result.summary:
-        click.echo(line)
+        click.echo(line, err=to_stderr)
     row = result.row()
     row.pop("seed")
     if result.diverged_at is not None:
@@ -218,9 +226,12 @@ def _small_params(module):
               shell_complete=complete_component(["problem"]), help="problem spec, e.g. linear:n=200")
 @click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True, help="seeds 0..N-1 per spec")
 @budget_options
+@click.option("--batch/--no-batch", "batched", default=True, show_default=True,
+              help="train configurations that differ only in numbers and seeds as one batched problem")
 @format_option
 @output_option
-def compare_command(specs, problem, seeds, epochs, steps, batch_size, tol, target, dtype, fmt, output_path):
+def compare_command(specs, problem, seeds, epochs, steps, batch_size, tol, target, dtype, batched, fmt,
+                    output_path):
     """Run every SPEC on the same problem, data order and seeds; one table, best first.
 
     With no SPEC, the built-in zoo at learning rates that suit the problem.
@@ -230,7 +241,8 @@ def compare_command(specs, problem, seeds, epochs, steps, batch_size, tol, targe
     specs = list(specs) or list(prob.zoo)
     result = _run_study(lambda progress: study.compare(
         specs, problem, seeds=seeds, epochs=epochs, steps=steps, batch_size=batch_size,
-        tol=_tol_default(tol, 1e-6), target=target, dtype=dtype, registry=registry, on_result=progress),
+        tol=_tol_default(tol, 1e-6), target=target, dtype=dtype, registry=registry, on_result=progress,
+        batched=batched),
         len(specs) * seeds, "comparing")
     _report(result, fmt, output_path)
 
@@ -243,9 +255,12 @@ def compare_command(specs, problem, seeds, epochs, steps, batch_size, tol, targe
               shell_complete=complete_component(["problem"]), help="problem spec")
 @click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True)
 @budget_options
+@click.option("--batch/--no-batch", "batched", default=True, show_default=True,
+              help="train configurations that differ only in numbers and seeds as one batched problem")
 @format_option
 @output_option
-def sweep_command(spec, params, problem, seeds, epochs, steps, batch_size, tol, target, dtype, fmt, output_path):
+def sweep_command(spec, params, problem, seeds, epochs, steps, batch_size, tol, target, dtype, batched, fmt,
+                  output_path):
     """Vary hyperparameters of SPEC and tabulate iterations to convergence, final loss, divergence.
 
     Example: gdzoo sweep sgd --param lr=0.001,0.01,0.1,1,10 --problem doubling
@@ -257,7 +272,8 @@ def sweep_command(spec, params, problem, seeds, epochs, steps, batch_size, tol, 
         total *= len(values)
     result = _run_study(lambda progress: study.sweep(
         spec, parsed, problem, seeds=seeds, epochs=epochs, steps=steps, batch_size=batch_size,
-        tol=_tol_default(tol, 1e-6), target=target, dtype=dtype, registry=registry, on_result=progress),
+        tol=_tol_default(tol, 1e-6), target=target, dtype=dtype, registry=registry, on_result=progress,
+        batched=batched),
         total, "sweeping")
     _report(result, fmt, output_path)
 
@@ -298,15 +314,16 @@ def list_command(kind, fmt, output_path):
 @cli.command("plugins")
 @click.option("--all", "show_all", is_flag=True, help="include gdzoo's built-in plugins")
 @format_option
-def plugins_command(show_all, fmt):
+@output_option
+def plugins_command(show_all, fmt, output_path):
     """List installed plugins with their versions, hooks and load failures."""
     registry = default_registry()
     infos = [i for i in registry.plugins.infos.values() if show_all or not i.builtin]
     if fmt == "json":
-        click.echo(output.to_json([i.as_dict() for i in infos]))
+        emit(output.to_json([i.as_dict() for i in infos]), output_path)
         return
     if not infos:
-        click.echo("No third-party plugins installed (gdzoo plugins --all lists the built-in ones).")
+        emit("No third-party plugins installed (gdzoo plugins --all lists the built-in ones).", output_path)
         return
     rows = [{
         "name": i.name,
@@ -315,12 +332,15 @@ def plugins_command(show_all, fmt):
         "hooks": ", ".join(i.hooks),
         "status": "ok" if i.ok else "FAILED: " + "; ".join(i.errors),
     } for i in infos]
-    click.echo(output.render(rows, fmt))
+    emit(output.render(rows, fmt), output_path)
 
 
 def main() -> None:
     try:
         cli(prog_name="gdzoo")
+    except BrokenPipeError:  # `gdzoo ... | head`: the reader left; say nothing more
+        sys.stderr.close()
+        sys.exit(0)
     except GdzooError as exc:  # strict plugin mode: a broken plugin is fatal, but still one clear line
         click.echo(f"Error: {exc}", err=True)
         sys.exit(1)

@@ -3,7 +3,8 @@
 In a batched study (K configurations trained as one problem, parameters of shape [K, ...]) a
 hyperparameter that differs between configurations arrives as a float64 tensor of shape [K];
 otherwise it is a Python number.  These helpers take either, so one kernel serves both, and the
-scalar path runs exactly torch.optim's arithmetic.
+scalar path runs exactly torch.optim's arithmetic.  ``out``/``scratch`` may be None (in a fused,
+compiled step there are no scratch buffers: the ops stay functional for Inductor to fuse).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from torch import Tensor
 def per(value: Any, param: Tensor) -> Any:
     """``value`` shaped to broadcast against ``param``: a [K] tensor becomes [K, 1, ...]."""
     if isinstance(value, Tensor):
+        if value.dim() == 0:
+            return value.to(param.dtype)
         return value.to(param.dtype).view(-1, *([1] * (param.dim() - 1)))
     return value
 
@@ -35,21 +38,21 @@ def add_(x: Tensor, y: Tensor, a: Any) -> Tensor:
     return x.add_(y, alpha=a)
 
 
-def add(x: Tensor, y: Tensor, a: Any, out: Tensor) -> Tensor:
+def add(x: Tensor, y: Tensor, a: Any, out: Tensor | None) -> Tensor:
     """out = x + a * y."""
     if isinstance(a, Tensor):
         return torch.addcmul(x, y, a, out=out)
     return torch.add(x, y, alpha=a, out=out)
 
 
-def addcmul_(x: Tensor, y: Tensor, z: Tensor, a: Any, scratch: Tensor) -> Tensor:
+def addcmul_(x: Tensor, y: Tensor, z: Tensor, a: Any, scratch: Tensor | None) -> Tensor:
     """x += a * y * z, in place; ``scratch`` (shaped like x) is used when ``a`` is batched."""
     if isinstance(a, Tensor):
         return x.addcmul_(torch.mul(y, a, out=scratch), z)
     return x.addcmul_(y, z, value=a)
 
 
-def addcdiv_(x: Tensor, y: Tensor, z: Tensor, a: Any, scratch: Tensor) -> Tensor:
+def addcdiv_(x: Tensor, y: Tensor, z: Tensor, a: Any, scratch: Tensor | None) -> Tensor:
     """x += a * y / z, in place, computed as (a * y) / z like torch's addcdiv; ``scratch`` is used
     when ``a`` is batched."""
     if isinstance(a, Tensor):

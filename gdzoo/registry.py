@@ -256,13 +256,15 @@ class Registry:
                                 e.start + len(e.text))
             seen.add(e.name)
 
-    def optimizer(self, spec: str, params: Iterable, *, batch: int | None = None, **hyperparameters) -> Chain:
+    def optimizer(self, spec: str, params: Iterable, *, batch: int | None = None, fused: bool = False,
+                  **hyperparameters) -> Chain:
         """Build the optimizer a spec names, over ``params`` (tensors or param-group dicts).
 
         Keyword hyperparameters use torch.optim's names for the optimizer (``lr``, ``betas``...)
         and ``transform.name`` for a transform's (``**{"clip_norm.max_norm": 1.0}``); a name that
         belongs to one transform only may also be given bare (``max_norm=1.0``).
 
+        ``fused=True`` compiles the chain's step with torch.compile (see :class:`~gdzoo.chain.Chain`).
         ``batch=K``: the parameters carry a leading dimension of K configurations and each keyword
         value is a list of K values, one per configuration (numbers may differ; flags may not).
         """
@@ -292,7 +294,7 @@ class Registry:
             hyper = by_key[key][1]
             defaults[key] = hyper.coerce(value) if batch is None else _batched(hyper, value, batch)
         # Chain.add_param_group checks every group's values, keyword ones included.
-        return Chain(params, links, defaults, spec=spec, batch=batch)
+        return Chain(params, links, defaults, spec=spec, batch=batch, fused=fused)
 
 
 def _batched(hyper: Hyper, values: Any, batch: int) -> Any:

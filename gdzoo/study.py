@@ -234,10 +234,21 @@ def parse_param(text: str) -> tuple[str, list[str]]:
     if re.match(r"^(log|lin)\s*\(", values.strip()):  # a range, but not a well-formed one
         raise SpecError("a range is log(LOW,HIGH,N) or lin(LOW,HIGH,N): two numbers and a whole number N",
                         text, len(name) + 1, len(text))
-    items = [v.strip() for v in values.split(",")]
+    items = [v.strip() for v in _top_level_split(values)]  # tuples: betas=(0.9,0.999),(0.5,0.9)
     if any(not v for v in items):
         raise SpecError("empty value in the list", text, len(name) + 1, len(text))
     return name, items
+
+
+def _top_level_split(text: str) -> list[str]:
+    """Split at commas outside parentheses."""
+    items, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += (ch == "(") - (ch == ")")
+        if ch == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    return items + [text[start:]]
 
 
 def sweep(spec: str, params: dict[str, Sequence[Any]] | Sequence[str], problem=None, *,

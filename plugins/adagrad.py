@@ -39,7 +39,7 @@ class Adagrad(Transform):
                     if isinstance(init, torch.Tensor) else torch.full_like(param, init, memory_format=torch.preserve_format)
             state_sum, step_t = state["sum"], state["step"]
             step_t += 1
-            step = step_t.item()
+            step = step_t.double() if torch.compiler.is_compiling() else step_t.item()
             if hp["maximize"]:
                 grad = torch.neg(grad, out=ctx.buffer(param))
             if nonzero(weight_decay):

@@ -49,14 +49,14 @@ class RMSprop(Transform):
             state["step"] += 1
             if nonzero(weight_decay):
                 grad = add(grad, param, per(weight_decay, param), out=ctx.buffer(param))
-            avg = ctx.buffer(param, "denom")
-            addcmul_(square_avg.mul_(per(alpha, param)), grad, grad, per(1 - alpha, param), scratch=avg)
+            addcmul_(square_avg.mul_(per(alpha, param)), grad, grad, per(1 - alpha, param),
+                     scratch=ctx.buffer(param, "denom"))
             if centered:
                 grad_avg = state["grad_avg"]
                 grad_avg.lerp_(grad, per(1 - alpha, param))
-                torch.addcmul(square_avg, grad_avg, grad_avg, value=-1, out=avg).sqrt_()
+                avg = torch.addcmul(square_avg, grad_avg, grad_avg, value=-1, out=ctx.buffer(param, "denom")).sqrt_()
             else:
-                torch.sqrt(square_avg, out=avg)
+                avg = torch.sqrt(square_avg, out=ctx.buffer(param, "denom"))
             avg.add_(per(eps, param))
             if nonzero(momentum):
                 buf = state["momentum_buffer"]
