@@ -161,18 +161,22 @@ class Chain(torch.optim.Optimizer):
                 for name, key in link.keys:
                     hyper = next(h for h in type(link.transform).hyperparameters if h.name == name)
                     value = group[key]
-                    if isinstance(value, torch.Tensor) and value.dim() == 1 and self.batch:
-                        if value.numel() != self.batch:
-                            raise ValueError(f"{key}: {value.numel()} values for a batch of {self.batch}")
-                        group[key] = hp[name] = value.to(torch.float64)
-                    else:
-                        group[key] = hp[name] = hyper.coerce(value)
+                    group[key] = hp[name] = self._batched(key, value) if _is_batched(value) and self.batch \
+                        else hyper.coerce(value)
                 for k in range(self.batch or 1):  # each configuration of a batch must be valid alone
-                    link.transform.check({n: v[k].item() if isinstance(v, torch.Tensor) and v.dim() == 1 else v
-                                          for n, v in hp.items()})
+                    link.transform.check({n: _config(v, k) for n, v in hp.items()})
         except Exception:
             self.param_groups.pop()  # a rejected group must not stay in the optimizer
             raise
+
+    def _batched(self, key: str, value: Any) -> Any:
+        if isinstance(value, tuple):
+            return tuple(self._batched(key, v) for v in value)
+        if not isinstance(value, torch.Tensor):
+            return value
+        if value.numel() != self.batch:
+            raise ValueError(f"{key}: {value.numel()} values for a batch of {self.batch}")
+        return value.to(torch.float64)
 
     # --- scratch space ----------------------------------------------------------------------
     def buffer(self, param: torch.Tensor, key: str = "grad") -> torch.Tensor:
@@ -228,6 +232,22 @@ class Chain(torch.optim.Optimizer):
             if self.fused:  # state now exists: later steps can run compiled
                 self._stepped.update(id(p) for _, params, _ in groups for p in params)
         return loss
+
+
+def _is_batched(value: Any) -> bool:
+    """A per-configuration value: a 1-D tensor, or a tuple holding one (betas)."""
+    if isinstance(value, tuple):
+        return any(_is_batched(v) for v in value)
+    return isinstance(value, torch.Tensor) and value.dim() == 1
+
+
+def _config(value: Any, k: int) -> Any:
+    """Configuration k's value of a possibly batched hyperparameter."""
+    if isinstance(value, tuple):
+        return tuple(_config(v, k) for v in value)
+    if isinstance(value, torch.Tensor) and value.dim() == 1:
+        return value[k].item()
+    return value
 
 
 class _Fused:

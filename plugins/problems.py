@@ -50,7 +50,10 @@ def logistic_optimum(data: Dataset, iterations: int = 100) -> Optimum | None:
             # Separable classes: the loss only tends to 0 as the weights grow, there is no minimiser.
             return Optimum(loss=loss, params=w) if loss > 1e-9 else Optimum(loss=0.0)
         hessian = (X.T * (p * (1 - p))) @ X / len(y)
-        w = w - torch.linalg.lstsq(hessian, grad.unsqueeze(1)).solution.squeeze(1)  # rank-safe solve
+        try:  # deterministic to the bit (lstsq's threaded LAPACK path is not); lstsq when singular
+            w = w - torch.linalg.solve(hessian, grad)
+        except RuntimeError:
+            w = w - torch.linalg.lstsq(hessian, grad.unsqueeze(1)).solution.squeeze(1)
         if not bool(torch.isfinite(w).all()) or float(w.abs().max()) > 1e6:
             return None
     return None

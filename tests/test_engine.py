@@ -508,9 +508,6 @@ def test_a_sweep_gives_the_numbers_of_separate_runs(problem_spec, budget, status
     assert seen == statuses
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="batched studies cannot stack tuple hyperparameters: Chain(batch=K) coerces the "
-                          "list of K tuples with _to_float ('a Tensor with 2 elements cannot be converted')")
 def test_sweep_over_a_tuple_hyperparameter():
     study = gdzoo.sweep("adam", ["lr=0.1", "betas=(0.9,0.999),(0.5,0.9)"], "doubling", epochs=3)
     alone = gdzoo.sweep("adam", ["lr=0.1", "betas=(0.9,0.999),(0.5,0.9)"], "doubling", epochs=3, batched=False)
