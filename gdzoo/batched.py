@@ -181,10 +181,12 @@ def train_batched(spec: str, setups: Sequence[Setup], seeds: Sequence[int],
             epoch_sum = torch.zeros(K, dtype=torch.float64)
             epoch_n = 0
             for batch in _batches(first, budget.batch_size, live.gens, shared):
-                live.opt.zero_grad()
+                for p in live.params.values():
+                    p.grad = None
                 losses = loss_of(batch)
                 losses.sum().backward()
-                live.opt.step()
+                with torch.no_grad():
+                    live.opt.apply()
                 values = losses.detach().double()
                 step += 1
                 ids = torch.tensor(live.ids)

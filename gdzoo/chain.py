@@ -137,7 +137,7 @@ class Chain(torch.optim.Optimizer):
         self._stepped: set[int] = set()
         self._fused_lr: dict[int, torch.Tensor] = {}  # per group: lr enters the compiled step as data
         self._fused_ctx = _Fused()
-        self._buffers: dict[tuple[int, str], torch.Tensor] = {}
+        self._buffers: dict[str, dict[torch.Tensor, torch.Tensor]] = {}  # key -> param -> scratch
         super().__init__(params, defaults)
 
     def __repr__(self) -> str:
@@ -184,10 +184,12 @@ class Chain(torch.optim.Optimizer):
 
         Its contents are garbage on entry; it is not part of ``state_dict()``.
         """
-        k = (id(param), key)
-        buf = self._buffers.get(k)
-        if buf is None or buf.shape != param.shape or buf.dtype != param.dtype or buf.device != param.device:
-            buf = self._buffers[k] = torch.empty_like(param, memory_format=torch.preserve_format)
+        table = self._buffers.get(key)
+        if table is None:
+            table = self._buffers[key] = {}
+        buf = table.get(param)
+        if buf is None or buf.shape != param.shape or buf.dtype != param.dtype:
+            buf = table[param] = torch.empty_like(param, memory_format=torch.preserve_format)
         return buf
 
     # --- the step ---------------------------------------------------------------------------
@@ -213,9 +215,18 @@ class Chain(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self.apply()
+        return loss
+
+    def apply(self) -> None:
+        """The update itself, without the closure and torch's step hooks; call it under ``torch.no_grad()``.
+
+        gdzoo's engine calls this in its inner loop: torch.optim's hook and profiler machinery
+        around ``step()`` costs more than a whole update of a small model.
+        """
         groups = self._views()
         if not groups:
-            return loss
+            return
         states = [[self.state[p] for p in params] for _, params, _ in groups]
         if self.fused and all(id(p) in self._stepped for _, params, _ in groups for p in params):
             if self._compiled is None:
@@ -231,7 +242,6 @@ class Chain(torch.optim.Optimizer):
             _run(self.schedule, groups, states, self)
             if self.fused:  # state now exists: later steps can run compiled
                 self._stepped.update(id(p) for _, params, _ in groups for p in params)
-        return loss
 
 
 def _is_batched(value: Any) -> bool:

@@ -17,6 +17,8 @@ from torch import Tensor
 
 def per(value: Any, param: Tensor) -> Any:
     """``value`` shaped to broadcast against ``param``: a [K] tensor becomes [K, 1, ...]."""
+    if value.__class__ in _NUMBERS:
+        return value
     if isinstance(value, Tensor):
         if value.dim() == 0:
             return value.to(param.dtype)
@@ -26,28 +28,33 @@ def per(value: Any, param: Tensor) -> Any:
 
 def nonzero(value: Any) -> bool:
     """Whether a (possibly batched) hyperparameter is switched on; a batch agrees on this."""
+    if value.__class__ in _NUMBERS:
+        return value != 0
     if isinstance(value, Tensor):
         return bool((value != 0).any())
     return value != 0
 
 
+_NUMBERS = (float, int)
+
+
 def add_(x: Tensor, y: Tensor, a: Any) -> Tensor:
     """x += a * y, in place (``a`` already shaped by :func:`per`)."""
-    if isinstance(a, Tensor):
+    if a.__class__ not in _NUMBERS:
         return x.addcmul_(y, a)
     return x.add_(y, alpha=a)
 
 
 def add(x: Tensor, y: Tensor, a: Any, out: Tensor | None) -> Tensor:
     """out = x + a * y."""
-    if isinstance(a, Tensor):
+    if a.__class__ not in _NUMBERS:
         return torch.addcmul(x, y, a, out=out)
     return torch.add(x, y, alpha=a, out=out)
 
 
 def addcmul_(x: Tensor, y: Tensor, z: Tensor, a: Any, scratch: Tensor | None) -> Tensor:
     """x += a * y * z, in place; ``scratch`` (shaped like x) is used when ``a`` is batched."""
-    if isinstance(a, Tensor):
+    if a.__class__ not in _NUMBERS:
         return x.addcmul_(torch.mul(y, a, out=scratch), z)
     return x.addcmul_(y, z, value=a)
 
@@ -55,6 +62,6 @@ def addcmul_(x: Tensor, y: Tensor, z: Tensor, a: Any, scratch: Tensor | None) ->
 def addcdiv_(x: Tensor, y: Tensor, z: Tensor, a: Any, scratch: Tensor | None) -> Tensor:
     """x += a * y / z, in place, computed as (a * y) / z like torch's addcdiv; ``scratch`` is used
     when ``a`` is batched."""
-    if isinstance(a, Tensor):
+    if a.__class__ not in _NUMBERS:
         return x.addcdiv_(torch.mul(y, a, out=scratch), z)
     return x.addcdiv_(y, z, value=a)

@@ -47,7 +47,7 @@ class Adagrad(Transform):
             clr = lr / (1 + (step - 1) * lr_decay)
             state_sum.addcmul_(grad, grad, value=1)
             std = torch.sqrt(state_sum, out=ctx.buffer(param, "denom")).add_(per(eps, param))
-            addcdiv_(param, grad, std, per(-clr, param), scratch=ctx.buffer(param, "batch"))
+            addcdiv_(param, grad, std, per(-clr, param), scratch=ctx.buffer(param, "batch") if ctx.batch else None)
 
 
 @hookimpl

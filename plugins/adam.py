@@ -49,9 +49,9 @@ class Adam(Transform):
                     param.mul_(per(1 - lr * weight_decay, param))
                 else:
                     grad = add(grad, param, per(weight_decay, param), out=ctx.buffer(param))
+            scratch = ctx.buffer(param, "denom")
             exp_avg.lerp_(grad, per(1 - beta1, param))
-            addcmul_(exp_avg_sq.mul_(per(beta2, param)), grad, grad, per(1 - beta2, param),
-                     scratch=ctx.buffer(param, "denom"))
+            addcmul_(exp_avg_sq.mul_(per(beta2, param)), grad, grad, per(1 - beta2, param), scratch=scratch)
             step = step_t.double() if torch.compiler.is_compiling() else step_t.item()
             bias_correction1 = 1 - beta1**step
             bias_correction2 = 1 - beta2**step
@@ -60,9 +60,9 @@ class Adam(Transform):
             second = exp_avg_sq
             if amsgrad:
                 second = torch.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])
-            denom = torch.sqrt(second, out=ctx.buffer(param, "denom"))
+            denom = torch.sqrt(second, out=scratch)
             denom.div_(per(bias_correction2_sqrt, param)).add_(per(eps, param))
-            addcdiv_(param, exp_avg, denom, per(-step_size, param), scratch=ctx.buffer(param))
+            addcdiv_(param, exp_avg, denom, per(-step_size, param), scratch=ctx.buffer(param) if ctx.batch else None)
 
 
 @hookimpl

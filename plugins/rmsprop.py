@@ -50,7 +50,7 @@ class RMSprop(Transform):
             if nonzero(weight_decay):
                 grad = add(grad, param, per(weight_decay, param), out=ctx.buffer(param))
             addcmul_(square_avg.mul_(per(alpha, param)), grad, grad, per(1 - alpha, param),
-                     scratch=ctx.buffer(param, "denom"))
+                     scratch=ctx.buffer(param, "denom") if ctx.batch else None)
             if centered:
                 grad_avg = state["grad_avg"]
                 grad_avg.lerp_(grad, per(1 - alpha, param))
@@ -63,7 +63,7 @@ class RMSprop(Transform):
                 buf.mul_(per(momentum, param)).addcdiv_(grad, avg)
                 add_(param, buf, per(-lr, param))
             else:
-                addcdiv_(param, grad, avg, per(-lr, param), scratch=ctx.buffer(param, "batch"))
+                addcdiv_(param, grad, avg, per(-lr, param), scratch=ctx.buffer(param, "batch") if ctx.batch else None)
 
 
 @hookimpl
