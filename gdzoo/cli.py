@@ -44,7 +44,8 @@ class GdzooGroup(click.Group):
         try:
             return super().invoke(ctx)
         except (SpecError, UnknownComponent) as exc:
-            raise click.UsageError(str(exc), ctx) from None
+            # No context: the group's usage line would mislead; the message and caret say it all.
+            raise click.UsageError(str(exc)) from None
         except GdzooError as exc:
             raise click.ClickException(str(exc)) from None
         except (BrokenPipeError, click.exceptions.Exit, click.exceptions.Abort):
