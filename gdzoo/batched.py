@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from .engine import Budget, RunResult, Setup, _finish, _squeeze
+from .engine import Budget, RunResult, Setup, _finish, _squeeze, flush_denormals
 from .registry import Registry
 from .spec import Hyper
 
@@ -176,47 +176,48 @@ def train_batched(spec: str, setups: Sequence[Setup], seeds: Sequence[int],
         return [pos for pos, k in enumerate(live.ids) if k not in frozen]
 
     t0 = time.perf_counter()
-    try:
-        while step < max_steps and epoch < max_epochs and running():
-            epoch_sum = torch.zeros(K, dtype=torch.float64)
-            epoch_n = 0
-            for batch in _batches(first, budget.batch_size, live.gens, shared):
-                for p in live.params.values():
-                    p.grad = None
-                losses = loss_of(batch)
-                losses.sum().backward()
-                with torch.no_grad():
-                    live.opt.apply()
-                values = losses.detach().double()
-                step += 1
-                ids = torch.tensor(live.ids)
-                history.append(nan.index_put((ids,), values))
-                epoch_sum.index_add_(0, ids, values)
-                epoch_n += 1
-                if start is None:
-                    start = torch.where(values.isfinite(), values.abs(), torch.full_like(values, math.inf))
-                blown = ~values.isfinite() | (values > budget.blowup * start.clamp(min=1e-12))
-                stop(blown, "diverged", epoch + 1)
-                if full_batch:
-                    previous = history[-2][ids] if len(history) > 1 else None
-                    rules(values, previous, epoch + 1)
-                keep = running()
-                if step >= max_steps or not keep:
-                    break
-                if len(keep) <= 0.75 * len(live.ids) and full_batch:
-                    start = start[torch.tensor(keep)]
-                    live.compact(keep)
-            epoch += 1
-            epoch_losses.append(epoch_sum / max(epoch_n, 1))
-            if not full_batch:
-                ids = torch.tensor(live.ids)
-                rules(epoch_losses[-1][ids], epoch_losses[-2][ids] if len(epoch_losses) > 1 else None, epoch)
-                keep = running()
-                if keep and len(keep) <= 0.75 * len(live.ids):
-                    start = start[torch.tensor(keep)]
-                    live.compact(keep)
-    except KeyboardInterrupt:
-        interrupted = True
+    with flush_denormals():
+        try:
+            while step < max_steps and epoch < max_epochs and running():
+                epoch_sum = torch.zeros(K, dtype=torch.float64)
+                epoch_n = 0
+                for batch in _batches(first, budget.batch_size, live.gens, shared):
+                    for p in live.params.values():
+                        p.grad = None
+                    losses = loss_of(batch)
+                    losses.sum().backward()
+                    with torch.no_grad():
+                        live.opt.apply()
+                    values = losses.detach().double()
+                    step += 1
+                    ids = torch.tensor(live.ids)
+                    history.append(nan.index_put((ids,), values))
+                    epoch_sum.index_add_(0, ids, values)
+                    epoch_n += 1
+                    if start is None:
+                        start = torch.where(values.isfinite(), values.abs(), torch.full_like(values, math.inf))
+                    blown = ~values.isfinite() | (values > budget.blowup * start.clamp(min=1e-12))
+                    stop(blown, "diverged", epoch + 1)
+                    if full_batch:
+                        previous = history[-2][ids] if len(history) > 1 else None
+                        rules(values, previous, epoch + 1)
+                    keep = running()
+                    if step >= max_steps or not keep:
+                        break
+                    if len(keep) <= 0.75 * len(live.ids) and full_batch:
+                        start = start[torch.tensor(keep)]
+                        live.compact(keep)
+                epoch += 1
+                epoch_losses.append(epoch_sum / max(epoch_n, 1))
+                if not full_batch:
+                    ids = torch.tensor(live.ids)
+                    rules(epoch_losses[-1][ids], epoch_losses[-2][ids] if len(epoch_losses) > 1 else None, epoch)
+                    keep = running()
+                    if keep and len(keep) <= 0.75 * len(live.ids):
+                        start = start[torch.tensor(keep)]
+                        live.compact(keep)
+        except KeyboardInterrupt:
+            interrupted = True
     wall = time.perf_counter() - t0
 
     for pos, k in enumerate(live.ids):

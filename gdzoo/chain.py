@@ -24,6 +24,8 @@ transforms' are qualified with the transform's name (``clip_norm.max_norm``, ``l
 
 from __future__ import annotations
 
+import math
+import types
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterable
 
@@ -136,7 +138,7 @@ class Chain(torch.optim.Optimizer):
         self._compiled = None
         self._stepped: set[int] = set()
         self._fused_lr: dict[int, torch.Tensor] = {}  # per group: lr enters the compiled step as data
-        self._fused_ctx = _Fused()
+        self._fused_ctx = _Fused(batch)
         self._buffers: dict[str, dict[torch.Tensor, torch.Tensor]] = {}  # key -> param -> scratch
         super().__init__(params, defaults)
 
@@ -165,6 +167,7 @@ class Chain(torch.optim.Optimizer):
                         else hyper.coerce(value)
                 for k in range(self.batch or 1):  # each configuration of a batch must be valid alone
                     link.transform.check({n: _config(v, k) for n, v in hp.items()})
+                _check_range(group, link)
         except Exception:
             self.param_groups.pop()  # a rejected group must not stay in the optimizer
             raise
@@ -230,18 +233,41 @@ class Chain(torch.optim.Optimizer):
         states = [[self.state[p] for p in params] for _, params, _ in groups]
         if self.fused and all(id(p) in self._stepped for _, params, _ in groups for p in params):
             if self._compiled is None:
-                self._compiled = torch.compile(_run, dynamic=False)
+                # A code object of its own: Dynamo's cache (8 versions) is per code object, and every
+                # fused chain with other constants is another version.
+                own = types.FunctionType(_run.__code__.replace(), _run.__globals__, f"_run_{len(self.links)}")
+                self._compiled = torch.compile(own, dynamic=False)
             fused_groups = []
             for group, params, grads in groups:
-                lr = self._fused_lr.get(id(group))
-                if lr is None:
-                    lr = self._fused_lr[id(group)] = torch.zeros((), dtype=torch.float64)
-                fused_groups.append(({**group, "lr": lr.fill_(group["lr"])}, params, grads))
+                lr = group["lr"]
+                if not isinstance(lr, torch.Tensor):  # batched lrs already are data
+                    lr = self._fused_lr.get(id(group))
+                    if lr is None:
+                        lr = self._fused_lr[id(group)] = torch.zeros((), dtype=torch.float64)
+                    lr.fill_(group["lr"])
+                fused_groups.append(({**group, "lr": lr}, params, grads))
             self._compiled(self.schedule, fused_groups, states, self._fused_ctx)
         else:
             _run(self.schedule, groups, states, self)
             if self.fused:  # state now exists: later steps can run compiled
                 self._stepped.update(id(p) for _, params, _ in groups for p in params)
+
+
+def _check_range(group: dict, link: Link) -> None:
+    """Numbers the parameters' dtype cannot hold (lr=1e39 for float32) are errors, not divergence."""
+    dtypes = {p.dtype for p in group["params"] if p.is_floating_point()}
+    if not dtypes:
+        return
+    dtype = min(dtypes, key=lambda d: torch.finfo(d).max)
+    limit = torch.finfo(dtype).max
+    for name, key in link.keys:
+        values = group[key] if isinstance(group[key], tuple) else (group[key],)
+        for value in values:
+            numbers = value.tolist() if isinstance(value, torch.Tensor) else [value]
+            for x in numbers:
+                if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and abs(x) > limit:
+                    raise ValueError(f"{key}={x:g} does not fit in {str(dtype).replace('torch.', '')} parameters "
+                                     f"(largest: {limit:.3g})")
 
 
 def _is_batched(value: Any) -> bool:
@@ -263,8 +289,9 @@ def _config(value: Any, k: int) -> Any:
 class _Fused:
     """The ``ctx`` of a compiled step: no scratch buffers (functional ops let Inductor fuse them)."""
 
-    batch = None
-    stage = ""
+    def __init__(self, batch: int | None):
+        self.batch = batch
+        self.stage = ""
 
     def buffer(self, param, key="grad"):
         return None

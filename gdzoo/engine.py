@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -275,55 +276,72 @@ def train(spec: str, s: Setup, budget: Budget, *, seed: int = 0, registry: Regis
     step = epoch = 0
     objective, loss_fn = s.objective, s.loss_fn
     t0 = time.perf_counter()
-    try:
-        while step < max_steps and epoch < max_epochs and status == "budget":
-            if objective is not None:
-                batches = [None]
-            elif s.loader is not None:
-                batches = s.loader
-            else:
-                batches = _batches(s.data, budget.batch_size, gen)
-            epoch_sum, epoch_n = 0.0, 0
-            for batch in batches:
-                for p in params:  # what zero_grad() does, without its profiler wrapping
-                    p.grad = None
+    with flush_denormals():
+        try:
+            while step < max_steps and epoch < max_epochs and status == "budget":
                 if objective is not None:
-                    loss = objective(module.x)
+                    batches = [None]
+                elif s.loader is not None:
+                    batches = s.loader
                 else:
-                    Xb, yb = batch
-                    loss = loss_fn(_squeeze(module(Xb)), yb)
-                loss.backward()
-                with no_grad():
-                    apply()
-                value = loss.item()
-                step += 1
-                history.append(value)
-                epoch_sum += value
-                epoch_n += 1
-                if start_loss is None:
-                    start_loss = abs(value) if math.isfinite(value) else math.inf
-                if not math.isfinite(value) or value > budget.blowup * max(start_loss, 1e-12):
-                    status, diverged_at = "diverged", step
-                    break
-                if full_batch:
-                    status, converged_at, target_at = _stop_rules(budget, history, step)
-                    if status != "budget":
+                    batches = _batches(s.data, budget.batch_size, gen)
+                epoch_sum, epoch_n = 0.0, 0
+                for batch in batches:
+                    for p in params:  # what zero_grad() does, without its profiler wrapping
+                        p.grad = None
+                    if objective is not None:
+                        loss = objective(module.x)
+                    else:
+                        Xb, yb = batch
+                        loss = loss_fn(_squeeze(module(Xb)), yb)
+                    loss.backward()
+                    with no_grad():
+                        apply()
+                    value = loss.item()
+                    step += 1
+                    history.append(value)
+                    epoch_sum += value
+                    epoch_n += 1
+                    if start_loss is None:
+                        start_loss = abs(value) if math.isfinite(value) else math.inf
+                    if not math.isfinite(value) or value > budget.blowup * max(start_loss, 1e-12):
+                        status, diverged_at = "diverged", step
                         break
-                if step >= max_steps:
-                    break
-            epoch += 1
-            epoch_losses.append(epoch_sum / max(epoch_n, 1))
-            if on_epoch is not None:
-                on_epoch(epoch, epoch_losses[-1], module)
-            if not full_batch and status == "budget":
-                status, converged_at, target_at = _stop_rules(budget, epoch_losses, step)
-    except KeyboardInterrupt:
-        status = "interrupted"
+                    if full_batch:
+                        status, converged_at, target_at = _stop_rules(budget, history, step)
+                        if status != "budget":
+                            break
+                    if step >= max_steps:
+                        break
+                epoch += 1
+                epoch_losses.append(epoch_sum / max(epoch_n, 1))
+                if on_epoch is not None:
+                    on_epoch(epoch, epoch_losses[-1], module)
+                if not full_batch and status == "budget":
+                    status, converged_at, target_at = _stop_rules(budget, epoch_losses, step)
+        except KeyboardInterrupt:
+            status = "interrupted"
     wall = time.perf_counter() - t0
     if status != "diverged" and not all(torch.isfinite(p).all() for p in params):
         status, diverged_at = "diverged", step
     return _finish(spec, s, budget, seed, status, step, epoch, history, epoch_losses,
                    converged_at, target_at, diverged_at, wall)
+
+
+@contextlib.contextmanager
+def flush_denormals():
+    """Treat subnormal floats as zero while training (where the CPU can).
+
+    Losses like bce drive values into the subnormal range (below 1e-38 in float32, 1e-308 in
+    float64), where CPU arithmetic is tens of times slower; flushing them changes nothing a
+    result can show.  The process-wide setting is restored afterwards (torch's default: off).
+    """
+    changed = torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if changed:
+            torch.set_flush_denormal(False)
 
 
 def _stop_rules(budget: Budget, losses: list[float], step: int):

@@ -65,3 +65,20 @@ def addcdiv_(x: Tensor, y: Tensor, z: Tensor, a: Any, scratch: Tensor | None) ->
     if a.__class__ not in _NUMBERS:
         return x.addcdiv_(torch.mul(y, a, out=scratch), z)
     return x.addcdiv_(y, z, value=a)
+
+
+def power(base: Any, exponent: Any) -> Any:
+    """base ** exponent for per-step scalars; a batched base is raised per configuration in Python,
+    so that each configuration gets exactly the number its separate run computes."""
+    if isinstance(base, Tensor) and base.dim() == 1 and exponent.__class__ in _NUMBERS:
+        return torch.tensor([b ** exponent for b in base.tolist()], dtype=base.dtype)
+    return base ** exponent
+
+
+def divide(a: Any, b: Any) -> Any:
+    """a / b for per-step scalars; a number over a batched tensor is a true division per element
+    (torch computes ``float / tensor`` as ``reciprocal() * float``, one rounding more)."""
+    if a.__class__ in _NUMBERS and isinstance(b, Tensor):
+        return torch.full_like(b, a) / b
+    return a / b
+

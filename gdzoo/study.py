@@ -134,7 +134,7 @@ def execute(problem, trials: Sequence[Trial], *, epochs=None, steps=None, batch_
     name = problem if isinstance(problem, str) else getattr(problem, "name", "custom") if problem else "custom"
     study = Study(problem=name, kind=kind, params=params or [])
     # Validate every spec before spending time on the first run.
-    probe = [torch.zeros(1, requires_grad=True)]
+    probe = [torch.zeros(1, dtype=dtype, requires_grad=True)]
     for trial in dict.fromkeys(Trial(t.spec, 0, t.overrides) for t in trials):
         try:
             registry.optimizer(trial.spec, probe, **dict(trial.overrides))

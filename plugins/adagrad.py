@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from gdzoo import Hyper, Transform, checks, hookimpl, step_counter
-from gdzoo.ops import add, addcdiv_, nonzero, per
+from gdzoo.ops import add, addcdiv_, divide, nonzero, per
 
 
 class Adagrad(Transform):
@@ -44,7 +44,7 @@ class Adagrad(Transform):
                 grad = torch.neg(grad, out=ctx.buffer(param))
             if nonzero(weight_decay):
                 grad = add(grad, param, per(weight_decay, param), out=ctx.buffer(param))
-            clr = lr / (1 + (step - 1) * lr_decay)
+            clr = divide(lr, 1 + (step - 1) * lr_decay)
             state_sum.addcmul_(grad, grad, value=1)
             std = torch.sqrt(state_sum, out=ctx.buffer(param, "denom")).add_(per(eps, param))
             addcdiv_(param, grad, std, per(-clr, param), scratch=ctx.buffer(param, "batch") if ctx.batch else None)

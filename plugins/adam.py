@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from gdzoo import Hyper, Transform, checks, hookimpl, step_counter
-from gdzoo.ops import add, addcdiv_, addcmul_, nonzero, per
+from gdzoo.ops import add, addcdiv_, addcmul_, divide, nonzero, per, power
 
 
 class Adam(Transform):
@@ -53,10 +53,10 @@ class Adam(Transform):
             exp_avg.lerp_(grad, per(1 - beta1, param))
             addcmul_(exp_avg_sq.mul_(per(beta2, param)), grad, grad, per(1 - beta2, param), scratch=scratch)
             step = step_t.double() if torch.compiler.is_compiling() else step_t.item()
-            bias_correction1 = 1 - beta1**step
-            bias_correction2 = 1 - beta2**step
-            step_size = lr / bias_correction1
-            bias_correction2_sqrt = bias_correction2**0.5
+            bias_correction1 = 1 - power(beta1, step)
+            bias_correction2 = 1 - power(beta2, step)
+            step_size = divide(lr, bias_correction1)
+            bias_correction2_sqrt = power(bias_correction2, 0.5)
             second = exp_avg_sq
             if amsgrad:
                 second = torch.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])

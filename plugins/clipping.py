@@ -41,9 +41,10 @@ class ClipNorm(Transform):
             total = torch.linalg.vector_norm(torch.stack(norms), norm_type)
         for g in groups:
             max_norm = g.hp["max_norm"]
-            if isinstance(max_norm, torch.Tensor):  # batched: compute in the gradients' dtype, as unbatched
-                max_norm = max_norm.to(total.dtype)
-            coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+            if isinstance(max_norm, torch.Tensor):  # batched: as torch computes float / tensor, per row
+                coef = torch.clamp((total + 1e-6).reciprocal() * max_norm.to(total.dtype), max=1.0)
+            else:
+                coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
             for i, (param, grad) in enumerate(zip(g.params, g.grads)):
                 g.grads[i] = torch.mul(grad, per(coef, param) if ctx.batch else coef, out=ctx.buffer(param))
 

@@ -34,7 +34,12 @@ def _with_bias(X: torch.Tensor) -> torch.Tensor:
 def least_squares_optimum(data: Dataset) -> Optimum:
     """The exact optimum of mse regression with a linear model (params: weights, then bias)."""
     X, y = _with_bias(data.X.to(DTYPE)), data.y.to(DTYPE)
-    params = torch.linalg.lstsq(X, y.unsqueeze(1)).solution.squeeze(1)
+    # QR is deterministic to the bit (lstsq's default driver is not); lstsq if X is rank-deficient.
+    q, r = torch.linalg.qr(X)
+    if bool((r.diagonal().abs() > 1e-12 * r.diagonal().abs().max()).all()):
+        params = torch.linalg.solve_triangular(r, (q.T @ y).unsqueeze(1), upper=True).squeeze(1)
+    else:
+        params = torch.linalg.lstsq(X, y.unsqueeze(1)).solution.squeeze(1)
     return Optimum(loss=float(((X @ params - y) ** 2).mean()), params=params)
 
 
