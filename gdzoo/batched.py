@@ -12,6 +12,7 @@ kept aside) and never disturbs the others.  Every configuration's result equals 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
 from typing import Any, Sequence
@@ -42,7 +43,9 @@ def batch_key(spec: str, overrides: dict[str, Any], registry: Registry) -> tuple
     return (spec, tuple(parts))
 
 
+@functools.lru_cache(maxsize=256)
 def _hyper(registry: Registry, spec: str, name: str) -> Hyper | None:
+    """The declaration of hyperparameter ``name`` (a keyword of ``registry.optimizer``) in ``spec``."""
     probe = registry.optimizer(spec, [torch.zeros(1, requires_grad=True)])
     for link in probe.links:
         for hyper_name, key in link.keys:

@@ -133,20 +133,13 @@ def execute(problem, trials: Sequence[Trial], *, epochs=None, steps=None, batch_
     dtype = resolve_dtype(dtype)
     name = problem if isinstance(problem, str) else getattr(problem, "name", "custom") if problem else "custom"
     study = Study(problem=name, kind=kind, params=params or [])
-    # Validate every spec before spending time on the first run.
-    probe = [torch.zeros(1, dtype=dtype, requires_grad=True)]
-    for trial in dict.fromkeys(Trial(t.spec, 0, t.overrides) for t in trials):
-        try:
-            registry.optimizer(trial.spec, probe, **dict(trial.overrides))
-        except ValueError as exc:
-            if isinstance(exc, SpecError):
-                raise
-            raise SpecError(f"{trial.label}: {exc}") from None
     problem_obj = None
     groups: dict[tuple, list[Trial]] = {}
     for trial in trials:
         key = batch_key(trial.spec, dict(trial.overrides), registry) if batched else (id(trial),)
         groups.setdefault(key, []).append(trial)
+    for group in groups.values():  # every spec and value is checked before the first run starts
+        _validate(group, registry, dtype)
     for group in groups.values():
         try:
             setups = []
@@ -183,6 +176,25 @@ def execute(problem, trials: Sequence[Trial], *, epochs=None, steps=None, batch_
     pairs = sorted(zip(study.trials, study.runs), key=lambda pair: order[pair[0]])
     study.trials, study.runs = [t for t, _ in pairs], [r for _, r in pairs]
     return study
+
+
+def _validate(group: list[Trial], registry: Registry, dtype: torch.dtype) -> None:
+    """Build the group's optimizer on a probe parameter (one batched build for a batch)."""
+    distinct = list(dict.fromkeys(Trial(t.spec, 0, t.overrides) for t in group))
+    try:
+        if len(distinct) > 1:
+            keys = sorted({k for t in distinct for k, _ in t.overrides})
+            values = [dict(t.overrides) for t in distinct]
+            probe = [torch.zeros(len(distinct), 1, dtype=dtype, requires_grad=True)]
+            registry.optimizer(distinct[0].spec, probe, batch=len(distinct), **{k: [v[k] for v in values] for k in keys})
+        else:
+            registry.optimizer(distinct[0].spec, [torch.zeros(1, dtype=dtype, requires_grad=True)],
+                               **dict(distinct[0].overrides))
+    except SpecError:
+        raise
+    except ValueError as exc:
+        label = distinct[0].label if len(distinct) == 1 else distinct[0].spec
+        raise SpecError(f"{label}: {exc}") from None
 
 
 def seeds_of(seeds: int | Sequence[int]) -> list[int]:

@@ -29,7 +29,11 @@ class Adam(Transform):
         checks.betas(hp["betas"])
         checks.nonnegative("weight_decay", hp["weight_decay"])
 
+    native = True  # Chain(fused=True) may run torch's fused CPU kernel instead of compiling
+
     def update(self, params, grads, states, hp, ctx):
+        if getattr(ctx, "native", False) and self._native(params, grads, states, hp):
+            return
         lr, (beta1, beta2), eps = hp["lr"], hp["betas"], hp["eps"]
         weight_decay, amsgrad, maximize = hp["weight_decay"], hp["amsgrad"], hp["maximize"]
         decoupled = hp["decoupled_weight_decay"]
@@ -63,6 +67,28 @@ class Adam(Transform):
             denom = torch.sqrt(second, out=scratch)
             denom.div_(per(bias_correction2_sqrt, param)).add_(per(eps, param))
             addcdiv_(param, exp_avg, denom, per(-step_size, param), scratch=ctx.buffer(param) if ctx.batch else None)
+
+
+    def _native(self, params, grads, states, hp) -> bool:
+        """torch._fused_adam(w)_ over the whole group, as torch.optim.Adam(fused=True) runs it."""
+        if len({(p.device, p.dtype) for p in params}) != 1 or any(isinstance(v, torch.Tensor) for v in hp.values()):
+            return False
+        for param, state in zip(params, states):
+            if "step" not in state:
+                state["step"] = step_counter()
+                state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            if hp["amsgrad"] and "max_exp_avg_sq" not in state:
+                state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        steps = [s["step"] for s in states]
+        torch._foreach_add_(steps, 1)
+        kernel = torch._fused_adamw_ if hp["decoupled_weight_decay"] else torch._fused_adam_
+        kernel(params, list(grads), [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+               [s["max_exp_avg_sq"] for s in states] if hp["amsgrad"] else [], steps,
+               amsgrad=hp["amsgrad"], lr=hp["lr"], beta1=hp["betas"][0], beta2=hp["betas"][1],
+               weight_decay=hp["weight_decay"], eps=hp["eps"], maximize=hp["maximize"],
+               grad_scale=None, found_inf=None)
+        return True
 
 
 @hookimpl

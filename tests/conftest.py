@@ -115,3 +115,14 @@ def install_plugin(tmp_path, monkeypatch):
     for module in modules:
         sys.modules.pop(module, None)
     # monkeypatch removes the directories from sys.path after this; _reset_registry then reloads.
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _single_thread():
+    """The suite's tensors are small: intra-op threads only add contention on a busy 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -21,15 +21,6 @@ import gdzoo
 from gdzoo.cli import cli
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These tensors are tiny: intra-op threads only add contention on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def invoke(*args, code=0):
     """Run ``gdzoo ARGS``; check the exit code and that no traceback escaped."""
     result = CliRunner().invoke(cli, [str(a) for a in args], prog_name="gdzoo")

@@ -24,15 +24,6 @@ from gdzoo.errors import GdzooError, SpecError
 from gdzoo.study import parse_param
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These tensors are tiny: intra-op threads only add contention on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def problem(spec: str) -> gdzoo.Problem:
     comp, values = gdzoo.registry().bind("problem", spec)
     return comp.obj(**values)

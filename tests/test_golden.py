@@ -12,15 +12,6 @@ import torch
 import gdzoo
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These tensors are tiny: intra-op threads only add contention on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 GOLDEN = [
     ("sgd:lr=0.1", [0.729, -1.458]),
     ("sgd:lr=0.1,momentum=0.9", [0.486, -0.972]),

@@ -16,15 +16,6 @@ from gdzoo import Hyper, Link, Transform
 from gdzoo.plugins import PluginInfo, Plugins
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These tensors are tiny: intra-op threads only add contention on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 BUILTIN_SPECS = [
     "sgd:lr=0.05",
     "momentum",

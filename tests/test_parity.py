@@ -20,15 +20,6 @@ import gdzoo
 from gdzoo.spec import format_value
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These tensors are tiny: intra-op threads only add contention on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 STEPS = 100
 MISSING_GRAD_STEP = 37  # at this step model[0].bias has no gradient (in both runs)
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-5, atol=1e-6)}
