@@ -151,11 +151,12 @@ def train_batched(spec: str, setups: Sequence[Setup], seeds: Sequence[int],
     target_at: list[int | None] = [None] * K
     diverged_at: list[int | None] = [None] * K
     frozen: dict[int, list[torch.Tensor]] = {}
-    start = None  # per batch position
     step = epoch = 0
     interrupted = False
 
     def stop(mask: torch.Tensor, why: str, epochs: int) -> None:
+        if not bool(mask.any()):  # the common case: one check, no per-configuration work
+            return
         for pos in mask.nonzero().flatten().tolist():
             k = live.ids[pos]
             if k in frozen:
@@ -168,6 +169,7 @@ def train_batched(spec: str, setups: Sequence[Setup], seeds: Sequence[int],
             elif why == "diverged":
                 diverged_at[k] = step
             frozen[k] = [p[pos].detach().clone() for p in live.trainable]
+            alive[pos] = False
 
     def rules(losses: torch.Tensor, previous: torch.Tensor | None, epochs: int) -> None:
         if budget.target is not None:
@@ -176,12 +178,22 @@ def train_batched(spec: str, setups: Sequence[Setup], seeds: Sequence[int],
             stop((losses - previous).abs() <= budget.tol, "converged", epochs)
 
     def running() -> list[int]:
-        return [pos for pos, k in enumerate(live.ids) if k not in frozen]
+        return alive.nonzero().flatten().tolist()
 
+    def compact(keep: list[int]) -> None:
+        nonlocal limit, ids, alive
+        live.compact(keep)
+        limit = limit[torch.tensor(keep)]
+        ids = torch.tensor(live.ids)
+        alive = torch.ones(len(keep), dtype=torch.bool)
+
+    ids = torch.tensor(live.ids)  # batch position -> configuration
+    alive = torch.ones(K, dtype=torch.bool)  # per batch position: not stopped yet
+    limit = None  # per batch position: the loss above which a configuration has blown up
     t0 = time.perf_counter()
     with flush_denormals():
         try:
-            while step < max_steps and epoch < max_epochs and running():
+            while step < max_steps and epoch < max_epochs and bool(alive.any()):
                 epoch_sum = torch.zeros(K, dtype=torch.float64)
                 epoch_n = 0
                 for batch in _batches(first, budget.batch_size, live.gens, shared):
@@ -193,32 +205,34 @@ def train_batched(spec: str, setups: Sequence[Setup], seeds: Sequence[int],
                         live.opt.apply()
                     values = losses.detach().double()
                     step += 1
-                    ids = torch.tensor(live.ids)
-                    history.append(nan.index_put((ids,), values))
-                    epoch_sum.index_add_(0, ids, values)
+                    row = values if len(live.ids) == K else nan.index_put((ids,), values)
+                    history.append(row)
+                    if len(live.ids) == K:
+                        epoch_sum += values
+                    else:
+                        epoch_sum.index_add_(0, ids, values)
                     epoch_n += 1
-                    if start is None:
+                    if limit is None:
                         start = torch.where(values.isfinite(), values.abs(), torch.full_like(values, math.inf))
-                    blown = ~values.isfinite() | (values > budget.blowup * start.clamp(min=1e-12))
-                    stop(blown, "diverged", epoch + 1)
+                        limit = budget.blowup * start.clamp(min=1e-12)
+                    frozen_before = len(frozen)
+                    stop(~(values.isfinite() & (values <= limit)), "diverged", epoch + 1)
                     if full_batch:
                         previous = history[-2][ids] if len(history) > 1 else None
                         rules(values, previous, epoch + 1)
-                    keep = running()
-                    if step >= max_steps or not keep:
+                    if step >= max_steps or not bool(alive.any()):
                         break
-                    if len(keep) <= 0.75 * len(live.ids) and full_batch:
-                        start = start[torch.tensor(keep)]
-                        live.compact(keep)
+                    if len(frozen) > frozen_before and full_batch:
+                        keep = running()
+                        if len(keep) <= 0.75 * len(live.ids):
+                            compact(keep)
                 epoch += 1
                 epoch_losses.append(epoch_sum / max(epoch_n, 1))
                 if not full_batch:
-                    ids = torch.tensor(live.ids)
                     rules(epoch_losses[-1][ids], epoch_losses[-2][ids] if len(epoch_losses) > 1 else None, epoch)
                     keep = running()
                     if keep and len(keep) <= 0.75 * len(live.ids):
-                        start = start[torch.tensor(keep)]
-                        live.compact(keep)
+                        compact(keep)
         except KeyboardInterrupt:
             interrupted = True
     wall = time.perf_counter() - t0
