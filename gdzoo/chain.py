@@ -306,6 +306,9 @@ class _Fused:
 
 def _run(schedule, groups, param_states, ctx) -> None:
     """One step of a chain: every stage's transforms, over every group's parameters with a grad."""
+    # Transforms replace entries of these lists: copies keep that local (compiled, a replaced entry
+    # of a caller's list would have to be returned as a fresh full-size tensor every step).
+    groups = [(group, params, list(grads)) for group, params, grads in groups]
     for stage, link in schedule:
         t = link.transform
         views = []
