@@ -34,6 +34,7 @@ import torch
 from .spec import Hyper
 
 STAGES = ("grad", "pre", "update", "post")
+SCRATCH_MIN = 1 << 16  # elements: below this, per-step results are allocated instead of kept
 
 
 class Transform:
@@ -144,6 +145,9 @@ class Chain(torch.optim.Optimizer):
         self._stepped: set[int] = set()
         self._fused_lr: dict[int, torch.Tensor] = {}  # per group: lr enters the compiled step as data
         self._fused_ctx = _Fused(batch)
+        lone = self.links[0].transform if len(self.links) == 1 else None
+        self._direct = (lone, self.links[0].keys) if lone is not None and not fused \
+            and type(lone).step is Transform.step else None
         self._buffers: dict[str, dict[torch.Tensor, torch.Tensor]] = {}  # key -> param -> scratch
         super().__init__(params, defaults)
 
@@ -187,16 +191,21 @@ class Chain(torch.optim.Optimizer):
         return value.to(torch.float64)
 
     # --- scratch space ----------------------------------------------------------------------
-    def buffer(self, param: torch.Tensor, key: str = "grad") -> torch.Tensor:
-        """A scratch tensor shaped like ``param``, allocated once and reused every step.
+    def buffer(self, param: torch.Tensor, key: str = "grad") -> torch.Tensor | None:
+        """A scratch tensor shaped like ``param``, allocated once and reused every step, or None.
 
-        Its contents are garbage on entry; it is not part of ``state_dict()``.
+        Its contents are garbage on entry; it is not part of ``state_dict()``.  For parameters
+        under ``SCRATCH_MIN`` elements it is None: ops then allocate their result (``out=None``),
+        which is cheaper than an ``out=`` call there, while a fresh full-size temporary of a large
+        parameter would cost page faults every step.
         """
+        if param.numel() < SCRATCH_MIN:
+            return None
         table = self._buffers.get(key)
         if table is None:
             table = self._buffers[key] = {}
         buf = table.get(param)
-        if buf is None or buf.shape != param.shape or buf.dtype != param.dtype:
+        if buf is None or buf.dtype is not param.dtype or buf.shape != param.shape:
             buf = table[param] = torch.empty_like(param, memory_format=torch.preserve_format)
         return buf
 
@@ -216,14 +225,18 @@ class Chain(torch.optim.Optimizer):
                 groups.append((group, params, grads))
         return groups
 
-    @torch.no_grad()
     def step(self, closure=None):
         """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self.apply()
+        grad_mode = torch.is_grad_enabled()  # as torch.no_grad(), without its per-call objects
+        torch.set_grad_enabled(False)
+        try:
+            self.apply()
+        finally:
+            torch.set_grad_enabled(grad_mode)
         return loss
 
     def apply(self) -> None:
@@ -254,6 +267,12 @@ class Chain(torch.optim.Optimizer):
                     lr.fill_(group["lr"])
                 fused_groups.append(({**group, "lr": lr}, params, grads))
             self._compiled(self.schedule, fused_groups, states, self._fused_ctx)
+        elif self._direct is not None:  # a lone optimizer: no views to build, one update per group
+            t, keys = self._direct
+            self.stage = "update"
+            for (group, params, grads), own in zip(groups, states):
+                t.update(params, grads, own, {n: group[k] for n, k in keys}, self)
+            self.stage = ""
         else:
             _run(self.schedule, groups, states, self)
             if self.fused:  # state now exists: later steps can run compiled

@@ -31,6 +31,7 @@ class Adagrad(Transform):
 
     def update(self, params, grads, states, hp, ctx):
         lr, lr_decay, weight_decay, eps = hp["lr"], hp["lr_decay"], hp["weight_decay"], hp["eps"]
+        decay = nonzero(weight_decay)
         for param, grad, state in zip(params, grads, states):
             if "step" not in state:
                 state["step"] = step_counter()
@@ -42,7 +43,7 @@ class Adagrad(Transform):
             step = step_t.double() if torch.compiler.is_compiling() else step_t.item()
             if hp["maximize"]:
                 grad = torch.neg(grad, out=ctx.buffer(param))
-            if nonzero(weight_decay):
+            if decay:
                 grad = add(grad, param, per(weight_decay, param), out=ctx.buffer(param))
             clr = divide(lr, 1 + (step - 1) * lr_decay)
             state_sum.addcmul_(grad, grad, value=1)

@@ -37,6 +37,7 @@ class Adam(Transform):
         lr, (beta1, beta2), eps = hp["lr"], hp["betas"], hp["eps"]
         weight_decay, amsgrad, maximize = hp["weight_decay"], hp["amsgrad"], hp["maximize"]
         decoupled = hp["decoupled_weight_decay"]
+        decay = nonzero(weight_decay)
         for param, grad, state in zip(params, grads, states):
             if "step" not in state:
                 state["step"] = step_counter()
@@ -48,7 +49,7 @@ class Adam(Transform):
                 grad = torch.neg(grad, out=ctx.buffer(param))
             exp_avg, exp_avg_sq, step_t = state["exp_avg"], state["exp_avg_sq"], state["step"]
             step_t += 1
-            if nonzero(weight_decay):
+            if decay:
                 if decoupled:
                     param.mul_(per(1 - lr * weight_decay, param))
                 else:

@@ -35,11 +35,12 @@ class RMSprop(Transform):
     def update(self, params, grads, states, hp, ctx):
         lr, alpha, eps, weight_decay = hp["lr"], hp["alpha"], hp["eps"], hp["weight_decay"]
         momentum, centered = hp["momentum"], hp["centered"]
+        decay, heavy = nonzero(weight_decay), nonzero(momentum)
         for param, grad, state in zip(params, grads, states):
             if "step" not in state:
                 state["step"] = step_counter()
                 state["square_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-            if nonzero(momentum) and "momentum_buffer" not in state:
+            if heavy and "momentum_buffer" not in state:
                 state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
             if centered and "grad_avg" not in state:
                 state["grad_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
@@ -47,7 +48,7 @@ class RMSprop(Transform):
                 grad = torch.neg(grad, out=ctx.buffer(param))
             square_avg = state["square_avg"]
             state["step"] += 1
-            if nonzero(weight_decay):
+            if decay:
                 grad = add(grad, param, per(weight_decay, param), out=ctx.buffer(param))
             addcmul_(square_avg.mul_(per(alpha, param)), grad, grad, per(1 - alpha, param),
                      scratch=ctx.buffer(param, "denom") if ctx.batch else None)
@@ -58,7 +59,7 @@ class RMSprop(Transform):
             else:
                 avg = torch.sqrt(square_avg, out=ctx.buffer(param, "denom"))
             avg.add_(per(eps, param))
-            if nonzero(momentum):
+            if heavy:
                 buf = state["momentum_buffer"]
                 buf.mul_(per(momentum, param)).addcdiv_(grad, avg)
                 add_(param, buf, per(-lr, param))

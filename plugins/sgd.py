@@ -34,23 +34,25 @@ class SGD(Transform):
     def update(self, params, grads, states, hp, ctx):
         lr, momentum, dampening = hp["lr"], hp["momentum"], hp["dampening"]
         weight_decay, nesterov, maximize = hp["weight_decay"], hp["nesterov"], hp["maximize"]
+        decay, heavy = nonzero(weight_decay), nonzero(momentum)  # per group, not per tensor
+        keep, step = 1 - dampening, -lr
         for param, grad, state in zip(params, grads, states):
             if maximize:
                 grad = torch.neg(grad, out=ctx.buffer(param))
-            if nonzero(weight_decay):
+            if decay:
                 grad = add(grad, param, per(weight_decay, param), out=ctx.buffer(param))
-            if nonzero(momentum):
+            if heavy:
                 m = per(momentum, param)
                 buf = state.get("momentum_buffer")
                 if buf is None:
                     buf = state["momentum_buffer"] = grad.detach().clone()
                 else:
-                    add_(buf.mul_(m), grad, per(1 - dampening, param))
+                    add_(buf.mul_(m), grad, per(keep, param))
                 if nesterov:
                     grad = add(grad, buf, m, out=ctx.buffer(param))
                 else:
                     grad = buf
-            add_(param, grad, per(-lr, param))
+            add_(param, grad, per(step, param))
 
 
 @hookimpl
