@@ -70,7 +70,7 @@ class _Live:
     diverged, or underflowing) configurations cost nothing more.
     """
 
-    def __init__(self, spec, setups, seeds, overrides, budget, registry):
+    def __init__(self, spec, setups, seeds, overrides, registry):
         self.spec, self.overrides, self.registry = spec, overrides, registry
         self.ids = list(range(len(setups)))
         self.params, self.buffers = stack_module_state([s.module for s in setups])
@@ -118,7 +118,7 @@ def train_batched(spec: str, setups: Sequence[Setup], seeds: Sequence[int],
     """Train K prepared setups as one batched problem; one RunResult per configuration."""
     K = len(setups)
     first = setups[0]
-    live = _Live(spec, setups, seeds, overrides, budget, registry)
+    live = _Live(spec, setups, seeds, overrides, registry)
     full_batch = first.data is None or budget.batch_size is None or budget.batch_size >= len(first.data)
     shared = full_batch or len(set(seeds)) == 1
     if first.objective is not None:

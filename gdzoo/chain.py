@@ -155,9 +155,6 @@ class Chain(torch.optim.Optimizer):
         return f"gdzoo.Chain({self.spec!r}, {len(self.param_groups)} param group(s))"
 
     # --- hyperparameters --------------------------------------------------------------------
-    def hyperparameters(self, group: dict, link: Link) -> dict[str, Any]:
-        return {name: group[key] for name, key in link.keys}
-
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         known = set(self.defaults) | {"params"}
         unknown = [k for k in param_group if k not in known and not k.startswith("initial_")]

@@ -102,7 +102,8 @@ def budget_options(f):
         click.option("--steps", type=click.IntRange(min=1), help="optimizer steps (instead of, or capping, epochs)"),
         click.option("--batch-size", "batch_size", default="full", show_default=True, metavar="full|N",
                      callback=_batch_size, help="'full' for gradient descent, 1 for SGD, N for mini-batches"),
-        click.option("--tol", type=float, default=None, help="stop when the loss changes by at most TOL"),
+        click.option("--tol", type=click.FloatRange(min=0), default=None,
+                     help="stop when the loss changes by at most TOL (0: never; compare and sweep: 1e-6)"),
         click.option("--target", type=float, default=None, help="stop when the loss reaches TARGET"),
         click.option("--dtype", type=click.Choice(sorted(engine.DTYPES)), default="float32", show_default=True),
     ]
@@ -132,13 +133,17 @@ class Progress:
 
     def __init__(self, total: int, label: str):
         self.bar = click.progressbar(length=total, label=label, file=sys.stderr, show_eta=False)
-        self.bar.__enter__()
+        self.started = False  # shown from the first finished run: a bad spec fails before any bar
 
     def __call__(self, trial, result):
+        if not self.started:
+            self.bar.__enter__()
+            self.started = True
         self.bar.update(1)
 
     def close(self):
-        self.bar.__exit__(None, None, None)
+        if self.started:
+            self.bar.__exit__(None, None, None)
 
 
 def _run_study(make, total: int, label: str):
@@ -189,7 +194,8 @@ def run_command(problem, spec, epochs, steps, batch_size, tol, target, dtype, se
         click.echo(f"{unit} {epoch}: " + "".join(f"{k} = {v}, " for k, v in shown) + f"loss = {loss:.8f}",
                    err=to_stderr)
 
-    result = engine.run(spec, prob, seed=seed, epochs=epochs, steps=steps, batch_size=batch_size, tol=tol,
+    result = engine.run(spec, prob, seed=seed, epochs=epochs, steps=steps, batch_size=batch_size,
+                        tol=_tol_default(tol, None),
                         target=target, dtype=dtype, on_epoch=on_epoch, registry=registry)
     result.problem = problem
     if result.status == "interrupted":
@@ -267,7 +273,7 @@ def sweep_command(spec, params, problem, seeds, epochs, steps, batch_size, tol, 
     Example: gdzoo sweep sgd --param lr=0.001,0.01,0.1,1,10 --problem doubling
     """
     registry = default_registry()
-    parsed = dict(study.parse_param(p) for p in params)
+    parsed = study.parse_params(params)
     total = seeds
     for values in parsed.values():
         total *= len(values)

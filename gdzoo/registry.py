@@ -17,7 +17,7 @@ from typing import Any, Iterable
 import torch
 
 from .chain import Chain, Link, Transform, group_key
-from .errors import PluginError, SpecError, UnknownComponent
+from .errors import SpecError, UnknownComponent
 from .plugins import PluginInfo, Plugins
 from .spec import Element, Hyper, bind, format_value, parse_chain, parse_element
 
@@ -290,11 +290,18 @@ class Registry:
             if key is None:
                 close = difflib.get_close_matches(name, list(by_key), n=1)
                 hint = f" (did you mean {close[0]}?)" if close else ""
-                raise ValueError(f"{spec!r} has no hyperparameter {name!r}{hint}; valid: {', '.join(by_key)}")
+                raise SpecError(f"{spec!r} has no hyperparameter {name!r}{hint}; valid: {', '.join(by_key)}")
             hyper = by_key[key][1]
-            defaults[key] = hyper.coerce(value) if batch is None else _batched(hyper, value, batch)
-        # Chain.add_param_group checks every group's values, keyword ones included.
-        return Chain(params, links, defaults, spec=spec, batch=batch, fused=fused)
+            try:
+                defaults[key] = hyper.coerce(value) if batch is None else _batched(hyper, value, batch)
+            except ValueError as exc:
+                raise SpecError(f"{spec}: {exc}") from None
+        try:  # Chain.add_param_group checks every group's values, keyword ones included
+            return Chain(params, links, defaults, spec=spec, batch=batch, fused=fused)
+        except SpecError:
+            raise
+        except ValueError as exc:  # torch's wording ("Invalid learning rate: -1"), as a SpecError
+            raise SpecError(f"{spec}: {exc}") from None
 
 
 def _batched(hyper: Hyper, values: Any, batch: int) -> Any:

@@ -94,9 +94,8 @@ class Study:
         return row
 
     def render(self, fmt: str = "simple") -> str:
-        data = {"problem": self.problem, "interrupted": self.interrupted, "summary": self.rows(),
-                "runs": [r.to_dict() for r in self.runs]}
-        return render(self.rows(), fmt, data=data)
+        rows = self.rows()
+        return render(rows, fmt, data=self.to_dict() if fmt == "json" else None)
 
     def to_dict(self) -> dict[str, Any]:
         return {"problem": self.problem, "kind": self.kind, "interrupted": self.interrupted,
@@ -190,11 +189,10 @@ def _validate(group: list[Trial], registry: Registry, dtype: torch.dtype) -> Non
         else:
             registry.optimizer(distinct[0].spec, [torch.zeros(1, dtype=dtype, requires_grad=True)],
                                **dict(distinct[0].overrides))
-    except SpecError:
+    except SpecError as exc:
+        if len(distinct) == 1 and distinct[0].overrides:
+            raise SpecError(f"{distinct[0].label}: {exc.reason}") from None
         raise
-    except ValueError as exc:
-        label = distinct[0].label if len(distinct) == 1 else distinct[0].spec
-        raise SpecError(f"{label}: {exc}") from None
 
 
 def seeds_of(seeds: int | Sequence[int]) -> list[int]:
@@ -219,6 +217,10 @@ def compare(specs: Sequence[str] | None = None, problem=None, *, seeds: int | Se
         if problem is None:
             raise GdzooError("give specs to compare on your own model")
         specs = list(build_problem(problem, registry)[0].zoo)
+    for spec in specs:
+        if list(specs).count(spec) > 1:
+            raise SpecError(f"spec {spec!r} given {list(specs).count(spec)} times; give each spec once "
+                            f"(--seeds repeats a spec)")
     trials = [Trial(spec, seed) for spec in specs for seed in seeds_of(seeds)]
     return execute(problem, trials, registry=registry, **kwargs)
 
@@ -239,8 +241,10 @@ def parse_param(text: str) -> tuple[str, list[str]]:
             lo_f, hi_f, count = float(lo), float(hi), int(n)
         except ValueError:
             raise SpecError("range bounds must be numbers", text, len(name) + 1, len(text)) from None
-        if count < 1 or (kind == "log" and (lo_f <= 0 or hi_f <= 0)):
-            raise SpecError("log ranges need positive bounds and N >= 1", text, len(name) + 1, len(text))
+        if count < 1:
+            raise SpecError(f"a {kind} range needs N >= 1 values", text, len(name) + 1, len(text))
+        if kind == "log" and (lo_f <= 0 or hi_f <= 0):
+            raise SpecError("a log range needs positive bounds", text, len(name) + 1, len(text))
         grid = np.geomspace(lo_f, hi_f, count) if kind == "log" else np.linspace(lo_f, hi_f, count)
         return name, [repr(float(f"{v:.6g}")) for v in grid]
     if re.match(r"^(log|lin)\s*\(", values.strip()):  # a range, but not a well-formed one
@@ -263,6 +267,17 @@ def _top_level_split(text: str) -> list[str]:
     return items + [text[start:]]
 
 
+def parse_params(texts: Sequence[str]) -> dict[str, list[str]]:
+    """Several ``NAME=VALUES`` texts (one per ``--param``) -> {name: values}; a name given twice is an error."""
+    parsed = [parse_param(text) for text in texts]
+    names = [name for name, _ in parsed]
+    for name in names:
+        if names.count(name) > 1:
+            raise SpecError(f"--param {name} given {names.count(name)} times; put all its values in one: "
+                            f"{name}=V1,V2,...")
+    return dict(parsed)
+
+
 def sweep(spec: str, params: dict[str, Sequence[Any]] | Sequence[str], problem=None, *,
           seeds: int | Sequence[int] = 1, registry: Registry | None = None, **kwargs) -> Study:
     """Vary hyperparameters of ``spec`` over a grid; one table row per combination.
@@ -271,7 +286,7 @@ def sweep(spec: str, params: dict[str, Sequence[Any]] | Sequence[str], problem=N
     is a list of ``"lr=0.001,0.01"`` / ``"lr=log(1e-4,1,9)"`` strings.
     """
     if not isinstance(params, dict):
-        params = dict(parse_param(p) for p in params)
+        params = parse_params(params)
     if not params:
         raise GdzooError("sweep needs at least one --param NAME=VALUES")
     names = list(params)

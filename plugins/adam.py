@@ -8,6 +8,16 @@ from gdzoo import Hyper, Transform, checks, hookimpl, step_counter
 from gdzoo.ops import add, addcdiv_, addcmul_, divide, nonzero, per, power
 
 
+def _init_state(param, state: dict, amsgrad: bool) -> None:
+    """torch.optim.Adam's state for one parameter, created on its first step."""
+    if "step" not in state:
+        state["step"] = step_counter()
+        state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+    if amsgrad and "max_exp_avg_sq" not in state:
+        state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+
+
 class Adam(Transform):
     """Adam with bias correction; amsgrad and decoupled (AdamW) weight decay: torch.optim.Adam."""
 
@@ -39,12 +49,7 @@ class Adam(Transform):
         decoupled = hp["decoupled_weight_decay"]
         decay = nonzero(weight_decay)
         for param, grad, state in zip(params, grads, states):
-            if "step" not in state:
-                state["step"] = step_counter()
-                state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-            if amsgrad and "max_exp_avg_sq" not in state:
-                state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            _init_state(param, state, amsgrad)
             if maximize:
                 grad = torch.neg(grad, out=ctx.buffer(param))
             exp_avg, exp_avg_sq, step_t = state["exp_avg"], state["exp_avg_sq"], state["step"]
@@ -75,12 +80,7 @@ class Adam(Transform):
         if len({(p.device, p.dtype) for p in params}) != 1 or any(isinstance(v, torch.Tensor) for v in hp.values()):
             return False
         for param, state in zip(params, states):
-            if "step" not in state:
-                state["step"] = step_counter()
-                state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-            if hp["amsgrad"] and "max_exp_avg_sq" not in state:
-                state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            _init_state(param, state, hp["amsgrad"])
         steps = [s["step"] for s in states]
         torch._foreach_add_(steps, 1)
         kernel = torch._fused_adamw_ if hp["decoupled_weight_decay"] else torch._fused_adam_

@@ -484,3 +484,27 @@ def test_python_m_gdzoo_compare():
     header, rule, *rows = table_lines(proc.stdout)
     assert header.split()[0] == "spec" and "accuracy" in header
     assert sorted(r.split()[0] for r in rows) == sorted(gdzoo.get("problem", "purchase").obj.zoo)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "doubling", "sgd:lr=1e39"], "lr=1e+39 does not fit in float32"),
+    (["compare", "sgd:lr=1e39", "-p", "doubling", "--steps", "3"], "lr=1e+39 does not fit in float32"),
+    (["sweep", "sgd", "--param", "lr=0.1", "--param", "lr=0.2", "-p", "doubling", "--steps", "3"],
+     "--param lr given 2 times"),
+    (["compare", "sgd:lr=0.1", "sgd:lr=0.1", "-p", "doubling", "--steps", "3"], "given 2 times"),
+    (["run", "doubling", "sgd", "--tol", "-1"], "-1.0 is not in the range x>=0"),
+    (["sweep", "sgd", "--param", "lr=lin(0,1,0)", "-p", "doubling"], "a lin range needs N >= 1 values"),
+])
+def test_the_same_bad_value_is_a_usage_error_in_every_command(args, message):
+    result = CliRunner().invoke(gdzoo.cli.cli, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert "comparing" not in result.output and "sweeping" not in result.output  # no bar before the error
+
+
+def test_tol_zero_means_no_tolerance_stop():
+    result = invoke("sweep", "sgd", "--param", "lr=0.1", "-p", "doubling", "--steps", 40, "--tol", 0,
+                    "--format", "json")
+    runs = json.loads(result.stdout)["runs"]
+    assert runs[0]["status"] == "budget" and runs[0]["steps"] == 40
