@@ -19,6 +19,8 @@ DTYPE = torch.float64  # data and starting points are made in float64; the engin
 
 # --- shared helpers -------------------------------------------------------------------------------
 def _at_least(options: dict[str, Any], name: str, low: float) -> None:
+    if not math.isfinite(options[name]):
+        raise ValueError(f"{name} must be finite, got {options[name]}")
     if options[name] < low:
         raise ValueError(f"{name} must be >= {low}, got {options[name]}")
 
@@ -295,6 +297,8 @@ class FunctionProblem(Problem):
         dim, x0 = cls.dimension(options), options["x0"]
         if len(x0) not in (1, dim):
             raise ValueError(f"x0 has {len(x0)} values but the point has {dim}: give 1 (repeated) or {dim}")
+        if not all(math.isfinite(v) for v in x0):
+            raise ValueError(f"x0 must be finite, got {x0}")
 
     def init(self):
         x0 = torch.tensor(self.options["x0"], dtype=DTYPE)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -433,3 +434,13 @@ def test_csv_words_in_a_regression_target(tmp_path):
 def test_data_error_is_a_gdzoo_error():
     assert issubclass(DataError, GdzooError)
     assert Dataset(torch.zeros(2, 1), torch.zeros(2)).classes == 0
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("quadratic:cond=1e400", "cond must be finite, got inf"),
+    ("rosenbrock:x0=(inf,1)", "x0 must be finite"),
+    ("linear:noise=nan", "noise must be finite, got nan"),
+])
+def test_problem_options_must_be_finite(spec, message):
+    with pytest.raises(SpecError, match=re.escape(message)):
+        gdzoo.registry().bind("problem", spec)
