@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from .engine import Budget, RunResult, Setup, _finish, _squeeze, flush_denormals
+from .engine import Budget, RunResult, Setup, _finish, _squeeze, epoch_batches, flush_denormals
 from .registry import Registry
 from .spec import Hyper
 
@@ -312,14 +312,12 @@ def _batches(first: Setup, batch_size: int | None, gens: list[torch.Generator], 
     if data is None:
         return [None]
     n = len(data)
-    if batch_size is None or batch_size >= n:
-        return [(data.X, data.y)]
-    if shared:
-        perm = torch.randperm(n, generator=gens[0])
-        for g in gens[1:]:  # keep every generator in step, as its own run would
-            torch.randperm(n, generator=g)
-        X, y = data.X[perm], data.y[perm]
-        return [(X[i:i + batch_size], y[i:i + batch_size]) for i in range(0, n, batch_size)]
+    if shared or batch_size is None or batch_size >= n:
+        batches = epoch_batches(data, batch_size, gens[0])
+        if batch_size is not None and batch_size < n:
+            for g in gens[1:]:  # keep every generator in step, as its own run would
+                torch.randperm(n, generator=g)
+        return batches
     idx = torch.stack([torch.randperm(n, generator=g) for g in gens])
     X, y = data.X[idx], data.y[idx]
     return [(X[:, i:i + batch_size], y[:, i:i + batch_size]) for i in range(0, n, batch_size)]

@@ -243,7 +243,8 @@ def make_budget(problem: Problem | None, epochs, steps, batch_size, tol, target,
     return Budget(epochs=epochs, steps=steps, batch_size=batch_size, tol=tol, target=target, blowup=blowup)
 
 
-def _batches(data: Dataset, batch_size: int | None, gen: torch.Generator):
+def epoch_batches(data: Dataset, batch_size: int | None, gen: torch.Generator):
+    """One epoch's (X, y) batches: the whole data, or mini-batches in an order drawn from ``gen``."""
     n = len(data)
     if batch_size is None or batch_size >= n:
         return [(data.X, data.y)]
@@ -284,7 +285,7 @@ def train(spec: str, s: Setup, budget: Budget, *, seed: int = 0, registry: Regis
                 elif s.loader is not None:
                     batches = s.loader
                 else:
-                    batches = _batches(s.data, budget.batch_size, gen)
+                    batches = epoch_batches(s.data, budget.batch_size, gen)
                 epoch_sum, epoch_n = 0.0, 0
                 for batch in batches:
                     for p in params:  # what zero_grad() does, without its profiler wrapping

@@ -9,6 +9,7 @@ A value given without a name fills the component's hyperparameters in declared o
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from dataclasses import dataclass, field
@@ -259,8 +260,6 @@ def bind(element: Element, hypers: Sequence[Hyper], kind: str, whole: str | None
             raise SpecError(f"option {key!r} of {element.name!r} given twice", whole, *span)
         seen.add(key)
         if key not in by_name:
-            import difflib
-
             close = difflib.get_close_matches(key, names, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             valid = ", ".join(names) if names else "none"
