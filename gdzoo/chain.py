@@ -11,7 +11,9 @@ A transform may act in more than one stage (``stage = ("grad", "post")``, like `
 mode chooses between a subgradient and a proximal step); ``ctx.stage`` tells it which one runs.
 So ``adam+clip_norm`` and ``clip_norm+adam`` are the same optimizer: the clip always sees the
 gradient before Adam does.  Transforms never write into ``p.grad``: a transform that changes
-the gradient writes into a per-parameter scratch buffer (``ctx.buffer``), allocated once.
+the gradient writes into a per-parameter scratch buffer (``ctx.buffer``), allocated once.  (The
+one exception is opt-in: under ``fused=True`` a clip folded into torch's fused Adam kernel leaves
+the clipped gradient in ``p.grad``, as ``torch.nn.utils.clip_grad_norm_`` does.)
 
 State lives in ``optimizer.state[p]`` so that ``state_dict()`` works.  The update transform
 owns the top level of that dict with torch.optim's key names (``exp_avg``, ``momentum_buffer``...);
@@ -51,6 +53,14 @@ class Transform:
     hyperparameters: ClassVar[tuple[Hyper, ...]] = ()
     stage: ClassVar[str | tuple[str, ...]] = "grad"
     stateful: ClassVar[bool] = False
+    # A stateless grad-stage transform whose work a native fused update kernel can do in its own
+    # pass names that work here ("grad_scale": one factor per group dividing every grad;
+    # "weight_decay": grad += weight * param) and returns its per-group values from fold_values().
+    fold: ClassVar[str | None] = None
+
+    def fold_values(self, groups: list["GroupView"], ctx: "Chain") -> list[Any]:
+        """This step's value of ``fold`` for every group (None: nothing to do in that group)."""
+        raise NotImplementedError(f"transform {self.name!r} declares fold={self.fold!r} but no fold_values()")
 
     def check(self, hp: dict[str, Any]) -> None:
         """Raise ValueError (torch's wording where torch has one) if ``hp`` is invalid."""
@@ -111,7 +121,10 @@ class Chain(torch.optim.Optimizer):
 
     With ``fused=True`` the update runs torch's own fused CPU kernel where torch has one and the
     optimizer declares it (``native = True``: Adam, AdamW — measured twice as fast as Inductor's
-    code for it), the rest of the chain eagerly; otherwise every step after the first runs the
+    code for it).  The grad-stage transforms the kernel can do for it (``Transform.fold``: clip_norm
+    as its gradient scale, l2 as its weight decay) run inside that kernel, so that
+    ``adam+clip_norm+l2`` is one norm pass and one update pass; other transforms run eagerly
+    before it.  Otherwise every step after the first runs the
     whole chain as one ``torch.compile``d function (Inductor fuses it into a pass or two over
     memory): worth its compile time (seconds) for large parameters.  The learning rate enters as
     data, so schedulers do not recompile it; other hyperparameters are compiled in as constants
@@ -141,6 +154,7 @@ class Chain(torch.optim.Optimizer):
         self.fused = fused  # run steps (after the first) as one torch.compile'd function...
         # ...unless the optimizer has a native fused kernel (Adam, AdamW), which beats Inductor's
         self.native = fused and not batch and any(getattr(link.transform, "native", False) for link in links)
+        self._folds = self._fold_plan() if self.native else None
         self._compiled = None
         self._stepped: set[int] = set()
         self._fused_lr: dict[int, torch.Tensor] = {}  # per group: lr enters the compiled step as data
@@ -153,6 +167,43 @@ class Chain(torch.optim.Optimizer):
 
     def __repr__(self) -> str:
         return f"gdzoo.Chain({self.spec!r}, {len(self.param_groups)} param group(s))"
+
+    def _fold_plan(self) -> tuple[Link, list[Link]] | None:
+        """(update link, the other links) when the native kernel can do every other link's work.
+
+        The kernel applies its folds in the order it lists them (``native_folds``: scale the
+        gradient, then add weight decay); the chain's grad stage must ask for them in that order.
+        """
+        update = next(link for link in self.links if link.stages == ("update",))
+        accepts = tuple(getattr(update.transform, "native_folds", ()))
+        others = [link for _, link in self.schedule if link is not update]
+        kinds = [link.transform.fold for link in others]
+        if not others or any(link.stages != ("grad",) or link.transform.stateful for link in others) \
+                or any(kind not in accepts for kind in kinds) or len(set(kinds)) != len(kinds) \
+                or kinds != sorted(kinds, key=accepts.index):
+            return None
+        return update, others
+
+    def _apply_folded(self, groups, states) -> bool:
+        """The whole chain as one native kernel call per group; False (nothing done) if it can't."""
+        update, others = self._folds
+        t = update.transform
+        hps = [{n: group[k] for n, k in update.keys} for group, _, _ in groups]
+        kinds = {link.transform.fold for link in others}
+        if not all(t.can_fold(params, hp, kinds) for (_, params, _), hp in zip(groups, hps)):
+            return False
+        folds: list[dict[str, Any]] = [{} for _ in groups]
+        for link in others:
+            views = [GroupView(params, grads, [{}] * len(params), {n: group[k] for n, k in link.keys}, group)
+                     for group, params, grads in groups]
+            for fold, value in zip(folds, link.transform.fold_values(views, self)):
+                if value is not None:
+                    fold[link.transform.fold] = value
+        self.stage = "update"
+        for (group, params, grads), own, hp, fold in zip(groups, states, hps, folds):
+            t.native_step(params, grads, own, hp, **fold)
+        self.stage = ""
+        return True
 
     # --- hyperparameters --------------------------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -246,8 +297,9 @@ class Chain(torch.optim.Optimizer):
         if not groups:
             return
         states = [[self.state[p] for p in params] for _, params, _ in groups]
-        if self.native:  # torch's own fused kernel for the update; the rest of the chain eager
-            _run(self.schedule, groups, states, self)
+        if self.native:  # torch's own fused kernel: the whole chain in it, or the rest of it eager
+            if self._folds is None or not self._apply_folded(groups, states):
+                _run(self.schedule, groups, states, self)
         elif self.fused and all(id(p) in self._stepped for _, params, _ in groups for p in params):
             if self._compiled is None:
                 # A code object of its own: Dynamo's cache (8 versions) is per code object, and every

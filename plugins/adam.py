@@ -40,9 +40,11 @@ class Adam(Transform):
         checks.nonnegative("weight_decay", hp["weight_decay"])
 
     native = True  # Chain(fused=True) may run torch's fused CPU kernel instead of compiling
+    native_folds = ("grad_scale", "weight_decay")  # what the kernel can do for clip_norm and l2, in its order
 
     def update(self, params, grads, states, hp, ctx):
-        if getattr(ctx, "native", False) and self._native(params, grads, states, hp):
+        if getattr(ctx, "native", False) and self._native_ok(params, hp):
+            self.native_step(params, grads, states, hp)
             return
         lr, (beta1, beta2), eps = hp["lr"], hp["betas"], hp["eps"]
         weight_decay, amsgrad, maximize = hp["weight_decay"], hp["amsgrad"], hp["maximize"]
@@ -75,10 +77,29 @@ class Adam(Transform):
             addcdiv_(param, exp_avg, denom, per(-step_size, param), scratch=ctx.buffer(param) if ctx.batch else None)
 
 
-    def _native(self, params, grads, states, hp) -> bool:
-        """torch._fused_adam(w)_ over the whole group, as torch.optim.Adam(fused=True) runs it."""
-        if len({(p.device, p.dtype) for p in params}) != 1 or any(isinstance(v, torch.Tensor) for v in hp.values()):
+    @staticmethod
+    def _native_ok(params, hp) -> bool:
+        """torch's fused kernel takes one device and dtype per call and plain-number hyperparameters."""
+        return len({(p.device, p.dtype) for p in params}) == 1 and not any(isinstance(v, torch.Tensor)
+                                                                           for v in hp.values())
+
+    def can_fold(self, params, hp, kinds: set[str]) -> bool:
+        """Whether :meth:`native_step` can do the folds ``kinds`` for this group exactly as the chain would."""
+        if not self._native_ok(params, hp):
             return False
+        if "grad_scale" in kinds and params[0].dtype != torch.float32:  # the kernel's scale is a float32
+            return False
+        # The kernel adds weight decay after negating for maximize; a chain's l2 comes before Adam
+        # negates.  And a second, Adam's own, coupled decay would be a second addition.
+        return "weight_decay" not in kinds or not (hp["weight_decay"] or hp["decoupled_weight_decay"]
+                                                   or hp["maximize"])
+
+    def native_step(self, params, grads, states, hp, grad_scale=None, weight_decay=None) -> None:
+        """torch._fused_adam(w)_ over the whole group, as torch.optim.Adam(fused=True) runs it.
+
+        ``grad_scale`` (a folded clip_norm) divides the gradients, in place; ``weight_decay`` (a
+        folded l2) is added to the gradient as Adam's own coupled decay.
+        """
         for param, state in zip(params, states):
             _init_state(param, state, hp["amsgrad"])
         steps = [s["step"] for s in states]
@@ -87,9 +108,8 @@ class Adam(Transform):
         kernel(params, list(grads), [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
                [s["max_exp_avg_sq"] for s in states] if hp["amsgrad"] else [], steps,
                amsgrad=hp["amsgrad"], lr=hp["lr"], beta1=hp["betas"][0], beta2=hp["betas"][1],
-               weight_decay=hp["weight_decay"], eps=hp["eps"], maximize=hp["maximize"],
-               grad_scale=None, found_inf=None)
-        return True
+               weight_decay=hp["weight_decay"] if weight_decay is None else weight_decay, eps=hp["eps"],
+               maximize=hp["maximize"], grad_scale=grad_scale, found_inf=None)
 
 
 @hookimpl

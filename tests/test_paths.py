@@ -243,6 +243,63 @@ def test_fused_equals_eager_equals_torch(spec, dtype, dynamo):
     assert_close(fused, reference, dtype, f"{spec} fused vs torch.optim")
 
 
+FOLDABLE = ["adam+clip_norm:max_norm=0.5+l2:weight=0.01", "adamw+clip_norm:max_norm=0.5",
+            "adam+l2:weight=0.01", "adam:amsgrad=true,maximize=true+clip_norm:max_norm=0.5"]
+NOT_FOLDABLE = [  # each equals its eager run all the same: the grad stage runs eagerly, then the kernel
+    ("adam+l2:weight=0.01+clip_norm:max_norm=0.5", F32),  # the clip's norm includes the L2 term
+    ("adam:maximize=true+clip_norm:max_norm=0.5+l2:weight=0.01", F32),  # l2 comes before maximize's sign
+    ("adam:weight_decay=0.1+l2:weight=0.01", F32),  # two decays: two additions
+    ("adamw+l2:weight=0.01", F32),  # the kernel's decay is decoupled
+    ("adam+clip_norm:max_norm=0.5", F64),  # the kernel's grad scale is a float32
+    ("adam+clip_norm:max_norm=0.5+l1:weight=0.01", F32),  # l1 has no fold
+]
+
+
+@pytest.mark.parametrize("spec", FOLDABLE)
+def test_fused_adam_does_clip_norm_and_l2_in_its_own_kernel(spec, dynamo):
+    """Under fused=True, clip_norm and l2 become the kernel's grad_scale and weight_decay: one
+    kernel call per step, no eager transform, the eager numbers; p.grad ends clipped, as after
+    torch's clip_grad_norm_."""
+    dtype, lr, sign = F32, LR["adam"], sign_of(spec)
+    fused = start(dtype)
+    opt = registry().optimizer(spec, fused, fused=True, lr=lr)
+    kernel = "_fused_adamw_" if "adamw" in spec else "_fused_adam_"
+    original, calls = getattr(torch, kernel), []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch, kernel, lambda *a, **k: calls.append(k) or original(*a, **k))
+        for name in ("clip_norm", "l2"):  # the eager transforms must not run
+            mp.setattr(gdzoo.get("transform", name).obj, "step",
+                       lambda *a, **k: pytest.fail("an eager transform ran"))
+        train(opt, fused, dtype, sign=sign)
+    assert len(calls) == STEPS and not dynamo["stats"]
+    assert (calls[0]["grad_scale"] is not None) == ("clip_norm" in spec)
+    if "l2" in spec:
+        assert calls[0]["weight_decay"] == 0.01
+    eager = start(dtype)
+    train(registry().optimizer(spec, eager, lr=lr), eager, dtype, sign=sign)
+    assert_moved(eager, dtype)
+    assert_close(fused, eager, dtype, f"{spec} folded vs eager")
+    if "clip_norm" in spec:
+        assert float(torch._foreach_norm([p.grad for p in fused])[0].norm()) <= 0.5 * (1 + 1e-5)
+
+
+@pytest.mark.parametrize("spec,dtype", NOT_FOLDABLE, ids=[s for s, _ in NOT_FOLDABLE])
+def test_fused_adam_chains_that_cannot_fold_run_the_grad_stage_eagerly(spec, dtype, dynamo):
+    lr, sign = LR["adam"], sign_of(spec)
+    fused = start(dtype)
+    opt = registry().optimizer(spec, fused, fused=True, lr=lr)
+    kernel = "_fused_adamw_" if "adamw" in spec else "_fused_adam_"
+    original, calls = getattr(torch, kernel), []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch, kernel, lambda *a, **k: calls.append(k) or original(*a, **k))
+        train(opt, fused, dtype, sign=sign)
+    assert len(calls) == STEPS and all(k["grad_scale"] is None for k in calls)
+    eager = start(dtype)
+    train(registry().optimizer(spec, eager, lr=lr), eager, dtype, sign=sign)
+    assert_moved(eager, dtype)
+    assert_close(fused, eager, dtype, f"{spec} fused vs eager")
+
+
 def test_fused_lr_scheduler_gives_the_eager_numbers(dynamo):
     """StepLR halves lr every 5 steps: the compiled step reads lr as data, so it follows the
     schedule without recompiling, and gives the eager (and torch.optim) numbers."""
