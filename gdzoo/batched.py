@@ -289,7 +289,10 @@ def stacked_forward(module: nn.Module):
                 W = params[prefix + "weight"]  # [K, out, in]
                 if h.dim() == 2:  # shared input: one GEMM against all K weight matrices side by side
                     K, out, d = W.shape
-                    h = torch.mm(h, W.reshape(K * out, d).t()).view(h.shape[0], K, out).transpose(0, 1)
+                    if out == 1:  # [K, n] laid out row by row: what the loss's row-wise kernels want
+                        h = torch.mm(W.reshape(K, d), h.t()).unsqueeze(-1)
+                    else:
+                        h = torch.mm(h, W.reshape(K * out, d).t()).view(h.shape[0], K, out).transpose(0, 1)
                 else:
                     h = torch.matmul(h, W.transpose(-1, -2))
                 if layer.bias is not None:
