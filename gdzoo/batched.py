@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from .ops import Scratch
 from .engine import Budget, RunResult, Setup, _finish, _squeeze, epoch_batches, flush_denormals
 from .registry import Registry
 from .spec import Hyper
@@ -121,6 +122,7 @@ def train_batched(spec: str, setups: Sequence[Setup], seeds: Sequence[int],
     live = _Live(spec, setups, seeds, overrides, registry)
     full_batch = first.data is None or budget.batch_size is None or budget.batch_size >= len(first.data)
     shared = full_batch or len(set(seeds)) == 1
+    closed = None  # the losses with their gradients in closed form, without autograd, where possible
     if first.objective is not None:
         objective = first.objective
         forward = vmap(lambda x: objective(x))
@@ -130,6 +132,7 @@ def train_batched(spec: str, setups: Sequence[Setup], seeds: Sequence[int],
         stacked = stacked_forward(first.module)
         if stacked is not None and hasattr(loss_fn, "batched"):
             loss_of = lambda batch: loss_fn.batched(_squeeze_k(stacked(live.params, batch[0])), batch[1])  # noqa: E731
+            closed = linear_with_grad(first.module, loss_fn)
         else:
             base = copy.deepcopy(first.module).to("meta")
 
@@ -138,6 +141,20 @@ def train_batched(spec: str, setups: Sequence[Setup], seeds: Sequence[int],
 
             forward = vmap(one, in_dims=(0, 0, None, None) if shared else (0, 0, 0, 0))
             loss_of = lambda batch: forward(live.params, live.buffers, *batch)  # noqa: E731
+
+    def losses_and_grads(batch) -> torch.Tensor:
+        """The K losses of one batch, with every parameter's .grad set."""
+        nonlocal closed
+        if closed is not None:
+            losses = closed(live.params, *batch)
+            if losses is not None:
+                return losses
+            closed = None  # this loss has no closed-form gradient: autograd from now on
+        for p in live.params.values():
+            p.grad = None
+        losses = loss_of(batch)
+        losses.sum().backward()
+        return losses.detach()
 
     max_steps = budget.steps if budget.steps is not None else math.inf
     max_epochs = budget.epochs if budget.epochs is not None else math.inf
@@ -197,13 +214,10 @@ def train_batched(spec: str, setups: Sequence[Setup], seeds: Sequence[int],
                 epoch_sum = torch.zeros(K, dtype=torch.float64)
                 epoch_n = 0
                 for batch in _batches(first, budget.batch_size, live.gens, shared):
-                    for p in live.params.values():
-                        p.grad = None
-                    losses = loss_of(batch)
-                    losses.sum().backward()
+                    losses = losses_and_grads(batch)
                     with torch.no_grad():
                         live.opt.apply()
-                    values = losses.detach().double()
+                    values = losses.double()
                     step += 1
                     row = values if len(live.ids) == K else nan.index_put((ids,), values)
                     history.append(row)
@@ -302,6 +316,40 @@ def stacked_forward(module: nn.Module):
         return h
 
     return forward
+
+
+def linear_with_grad(module: nn.Module, loss_fn):
+    """Batched training of one linear layer with one output, by hand: ``f(params, X, y)`` computes
+    the K losses and sets the weight's and bias's ``.grad`` from the loss's closed-form gradient
+    (``Loss.batched_with_grad``), with two GEMMs, no autograd graph, and the [K, n] temporaries
+    in scratch tensors kept from step to step.  f returns None if the loss has no closed form;
+    linear_with_grad returns None for other models.  Forward and gradients are autograd's own:
+    the stacked forward's GEMM, nn.Linear's ``grad_weight = g @ X``, ``grad_bias = g.sum()``."""
+    if not (isinstance(module, nn.Linear) and module.out_features == 1):
+        return None
+    scratch = Scratch()
+
+    def step(params, X, y):
+        weight, bias = params["weight"], params.get("bias")
+        K, _, d = weight.shape
+        w = weight.detach()
+        with torch.no_grad():
+            if X.dim() == 2:  # shared data: one GEMM for all K, [K, n] row by row
+                z = torch.mm(w.view(K, d), X.t(), out=scratch("z", (K, X.shape[0]), X.dtype))
+            else:  # each configuration's own batch
+                z = torch.bmm(X, w.transpose(1, 2), out=scratch("z", (K, X.shape[1], 1), X.dtype)).squeeze(-1)
+            if bias is not None:
+                z.add_(bias.detach().view(K, 1))
+            pair = loss_fn.batched_with_grad(z, y, scratch)
+            if pair is None:
+                return None
+            losses, g = pair
+            weight.grad = (torch.mm(g, X) if X.dim() == 2 else torch.bmm(g.unsqueeze(1), X)).view_as(weight)
+            if bias is not None:
+                bias.grad = g.sum(1).view_as(bias)
+        return losses
+
+    return step
 
 
 def _squeeze_k(pred: torch.Tensor) -> torch.Tensor:

@@ -82,3 +82,21 @@ def divide(a: Any, b: Any) -> Any:
         return torch.full_like(b, a) / b
     return a / b
 
+
+
+class Scratch:
+    """Named tensors reused from one training step to the next.
+
+    ``scratch(name, shape, dtype)`` returns the same tensor every step (contents garbage) as long
+    as the shape and dtype stay; batched training's [K, n] temporaries go here, because a fresh
+    tensor of that size costs page faults every step (glibc maps it fresh and unmaps it on free).
+    """
+
+    def __init__(self):
+        self._tensors: dict[str, Tensor] = {}
+
+    def __call__(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+        t = self._tensors.get(name)
+        if t is None or t.shape != shape or t.dtype != dtype:
+            t = self._tensors[name] = torch.empty(shape, dtype=dtype)
+        return t

@@ -36,6 +36,14 @@ class Loss:
         in_dims = (0, 0 if target.dim() == prediction.dim() else None)
         return torch.func.vmap(self.__call__, in_dims=in_dims)(prediction, target)
 
+    def batched_with_grad(self, prediction: torch.Tensor, target: torch.Tensor,
+                          scratch: Any = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """:meth:`batched` ([K] losses) with their gradient with respect to ``prediction`` (of their
+        sum), in closed form, for batched training without autograd; None (the default) where there
+        is none.  ``scratch`` (a :class:`gdzoo.ops.Scratch`, or None) may hold the [K, n]
+        temporaries and the gradient from one step to the next; the losses must be fresh."""
+        return None
+
 
 class Model:
     """A model family: ``Model(**hp).build(in_features, out_features)`` returns an ``nn.Module``."""
