@@ -158,9 +158,10 @@ def train_batched(spec: str, setups: Sequence[Setup], seeds: Sequence[int],
 
     max_steps = budget.steps if budget.steps is not None else math.inf
     max_epochs = budget.epochs if budget.epochs is not None else math.inf
+    stop_rules = budget.tol is not None or budget.target is not None
     nan = torch.full((K,), math.nan, dtype=torch.float64)
     history: list[torch.Tensor] = []  # losses of all K configurations per step (nan once stopped)
-    epoch_losses: list[torch.Tensor] = []
+    epoch_losses: list[torch.Tensor] = []  # mini-batches only: full batch, they are the steps' losses
     status = ["budget"] * K
     stopped_at = [0] * K
     epochs_done = [0] * K
@@ -169,11 +170,11 @@ def train_batched(spec: str, setups: Sequence[Setup], seeds: Sequence[int],
     diverged_at: list[int | None] = [None] * K
     frozen: dict[int, list[torch.Tensor]] = {}
     step = epoch = 0
+    running_count = K  # configurations not stopped yet
     interrupted = False
 
     def stop(mask: torch.Tensor, why: str, epochs: int) -> None:
-        if not bool(mask.any()):  # the common case: one check, no per-configuration work
-            return
+        nonlocal running_count
         for pos in mask.nonzero().flatten().tolist():
             k = live.ids[pos]
             if k in frozen:
@@ -186,65 +187,73 @@ def train_batched(spec: str, setups: Sequence[Setup], seeds: Sequence[int],
             elif why == "diverged":
                 diverged_at[k] = step
             frozen[k] = [p[pos].detach().clone() for p in live.trainable]
-            alive[pos] = False
+            stopped[pos] = True
+            running_count -= 1
 
     def rules(losses: torch.Tensor, previous: torch.Tensor | None, epochs: int) -> None:
         if budget.target is not None:
-            stop(losses <= budget.target, "target", epochs)
+            hit = (losses <= budget.target).logical_and_(~stopped)
+            if bool(hit.any()):
+                stop(hit, "target", epochs)
         if budget.tol is not None and previous is not None:
-            stop((losses - previous).abs() <= budget.tol, "converged", epochs)
-
-    def running() -> list[int]:
-        return alive.nonzero().flatten().tolist()
+            flat = ((losses - previous).abs() <= budget.tol).logical_and_(~stopped)
+            if bool(flat.any()):
+                stop(flat, "converged", epochs)
 
     def compact(keep: list[int]) -> None:
-        nonlocal limit, ids, alive
+        nonlocal limit, ids, stopped, last
+        index = torch.tensor(keep)
         live.compact(keep)
-        limit = limit[torch.tensor(keep)]
+        limit, last = limit[index], last[index] if last is not None else None
         ids = torch.tensor(live.ids)
-        alive = torch.ones(len(keep), dtype=torch.bool)
+        stopped = torch.zeros(len(keep), dtype=torch.bool)
 
     ids = torch.tensor(live.ids)  # batch position -> configuration
-    alive = torch.ones(K, dtype=torch.bool)  # per batch position: not stopped yet
+    stopped = torch.zeros(K, dtype=torch.bool)  # per batch position: stopped (it trains on until compacted)
     limit = None  # per batch position: the loss above which a configuration has blown up
+    last = None  # per batch position: the previous step's loss (full batch) or epoch's (mini-batches)
     t0 = time.perf_counter()
     with flush_denormals():
         try:
-            while step < max_steps and epoch < max_epochs and bool(alive.any()):
-                epoch_sum = torch.zeros(K, dtype=torch.float64)
-                epoch_n = 0
+            while step < max_steps and epoch < max_epochs and running_count:
+                if not full_batch:
+                    epoch_sum = torch.zeros(K, dtype=torch.float64)
+                    epoch_n = 0
                 for batch in _batches(first, budget.batch_size, live.gens, shared):
                     losses = losses_and_grads(batch)
                     with torch.no_grad():
                         live.opt.apply()
                     values = losses.double()
                     step += 1
-                    row = values if len(live.ids) == K else nan.index_put((ids,), values)
-                    history.append(row)
-                    if len(live.ids) == K:
-                        epoch_sum += values
-                    else:
-                        epoch_sum.index_add_(0, ids, values)
-                    epoch_n += 1
+                    everyone = len(live.ids) == K
+                    history.append(values if everyone else nan.index_put((ids,), values))
+                    if not full_batch:
+                        if everyone:
+                            epoch_sum += values
+                        else:
+                            epoch_sum.index_add_(0, ids, values)
+                        epoch_n += 1
                     if limit is None:
                         start = torch.where(values.isfinite(), values.abs(), torch.full_like(values, math.inf))
                         limit = budget.blowup * start.clamp(min=1e-12)
-                    frozen_before = len(frozen)
-                    stop(~(values.isfinite() & (values <= limit)), "diverged", epoch + 1)
-                    if full_batch:
-                        previous = history[-2][ids] if len(history) > 1 else None
-                        rules(values, previous, epoch + 1)
-                    if step >= max_steps or not bool(alive.any()):
+                    stopped_before = running_count
+                    fine = values.isfinite().logical_and_(values <= limit).logical_or_(stopped)
+                    if not bool(fine.all()):
+                        stop(~fine, "diverged", epoch + 1)
+                    if full_batch and stop_rules:
+                        rules(values, last, epoch + 1)
+                        last = values
+                    if step >= max_steps or not running_count:
                         break
-                    if len(frozen) > frozen_before and full_batch:
-                        keep = running()
-                        if len(keep) <= 0.75 * len(live.ids):
-                            compact(keep)
+                    if full_batch and running_count < stopped_before and running_count <= 0.75 * len(live.ids):
+                        compact((~stopped).nonzero().flatten().tolist())
                 epoch += 1
-                epoch_losses.append(epoch_sum / max(epoch_n, 1))
                 if not full_batch:
-                    rules(epoch_losses[-1][ids], epoch_losses[-2][ids] if len(epoch_losses) > 1 else None, epoch)
-                    keep = running()
+                    epoch_losses.append(epoch_sum / max(epoch_n, 1))
+                    mean = epoch_losses[-1][ids]
+                    rules(mean, last, epoch)
+                    last = mean
+                    keep = (~stopped).nonzero().flatten().tolist()
                     if keep and len(keep) <= 0.75 * len(live.ids):
                         compact(keep)
         except KeyboardInterrupt:
@@ -258,7 +267,10 @@ def train_batched(spec: str, setups: Sequence[Setup], seeds: Sequence[int],
             if interrupted:
                 status[k] = "interrupted"
     steps_hist = torch.stack(history) if history else torch.zeros(0, K, dtype=torch.float64)
-    epochs_hist = torch.stack(epoch_losses) if epoch_losses else torch.zeros(0, K, dtype=torch.float64)
+    if full_batch:  # one step an epoch: an epoch's mean loss is its step's (0.0 + x, / 1: exactly x)
+        epochs_hist = steps_hist
+    else:
+        epochs_hist = torch.stack(epoch_losses) if epoch_losses else torch.zeros(0, K, dtype=torch.float64)
     results = []
     for k in range(K):
         with torch.no_grad():
