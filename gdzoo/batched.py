@@ -22,7 +22,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from .ops import Scratch
-from .engine import Budget, RunResult, Setup, _finish, _squeeze, epoch_batches, flush_denormals
+from .engine import Budget, RunResult, Setup, _finish, _squeeze, epoch_batches, evaluate, flush_denormals
 from .registry import Registry
 from .spec import Hyper
 
@@ -271,11 +271,13 @@ def train_batched(spec: str, setups: Sequence[Setup], seeds: Sequence[int],
         epochs_hist = steps_hist
     else:
         epochs_hist = torch.stack(epoch_losses) if epoch_losses else torch.zeros(0, K, dtype=torch.float64)
-    results = []
     for k in range(K):
         with torch.no_grad():
             for param, value in zip(setups[k].module.parameters(), frozen[k]):
                 param.copy_(value)
+    evaluated = _final_evaluation(setups)
+    results = []
+    for k in range(K):
         n_steps, n_epochs = stopped_at[k], epochs_done[k]
         own_epochs = epochs_hist[:n_epochs, k].tolist()
         if n_epochs and not full_batch and status[k] == "diverged":
@@ -286,10 +288,24 @@ def train_batched(spec: str, setups: Sequence[Setup], seeds: Sequence[int],
             status[k], diverged_at[k] = "diverged", n_steps
         result = _finish(spec, setups[k], budget, seeds[k], status[k], n_steps, n_epochs,
                          steps_hist[:n_steps, k].tolist(), own_epochs,
-                         converged_at[k], target_at[k], diverged_at[k], wall / K)
+                         converged_at[k], target_at[k], diverged_at[k], wall / K,
+                         evaluated[k] if evaluated is not None else None)
         result.config["batched"] = K
         results.append(result)
     return results
+
+
+def _final_evaluation(setups: Sequence[Setup]) -> list[tuple[float, dict]] | None:
+    """Every configuration's final loss and task metrics, as its separate run computes them: its
+    own forward pass and loss (bit for bit), the metrics of all K at once
+    (``Problem.metrics_rows``).  None without a problem's data: each run then evaluates alone."""
+    first = setups[0]
+    if first.problem is None or first.data is None or first.objective is not None:
+        return None
+    finals, predictions = zip(*(evaluate(s) for s in setups))
+    if any(p is None or p.shape != predictions[0].shape for p in predictions):
+        return None
+    return list(zip(finals, first.problem.metrics_rows(torch.stack(predictions), first.data)))
 
 
 _ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.Identity)

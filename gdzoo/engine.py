@@ -370,12 +370,14 @@ def evaluate(s: Setup) -> tuple[float, torch.Tensor | None]:
 
 
 def _finish(spec, s: Setup, budget: Budget, seed, status, step, epoch, history, epoch_losses,
-            converged_at, target_at, diverged_at, wall) -> RunResult:
-    final, pred = evaluate(s)
+            converged_at, target_at, diverged_at, wall, evaluated: tuple[float, dict] | None = None) -> RunResult:
+    """The RunResult of a finished run; ``evaluated``: its final loss and task metrics, when a
+    batched study has computed them for all its configurations at once."""
+    final, pred = evaluate(s) if evaluated is None else (evaluated[0], None)
     metrics: dict[str, float] = {}
     summary: list[str] = []
     if status != "diverged" and s.problem is not None:
-        metrics.update(s.problem.metrics(pred, s.data))
+        metrics.update(s.problem.metrics(pred, s.data) if evaluated is None else evaluated[1])
         optimum = s.problem.known_optimum()
         if optimum is not None:
             metrics["loss gap"] = final - optimum.loss

@@ -16,26 +16,31 @@ import torch
 
 def regression(prediction: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     """Mean squared error, mean absolute error and R² (1 − SS_res/SS_tot) of predictions."""
-    pred, y = _double(prediction).reshape(-1), _double(y).reshape(-1)
+    return regression_rows(prediction.reshape(1, -1), y)[0]
+
+
+def regression_rows(predictions: torch.Tensor, y: torch.Tensor) -> list[dict[str, float]]:
+    """:func:`regression` of each row of stacked predictions [K, ...] (K configurations at once)."""
+    pred, y = _double(predictions).reshape(len(predictions), -1), _double(y).reshape(-1)
     residual = pred - y
-    ss_res = float((residual ** 2).sum())
+    squares = residual ** 2
+    ss_res = squares.sum(1).tolist()
+    mse, mae = squares.mean(1).tolist(), residual.abs().mean(1).tolist()
     ss_tot = float(((y - y.mean()) ** 2).sum())
-    if ss_tot > 0:
-        r2 = 1.0 - ss_res / ss_tot
-    else:  # constant targets: perfect or not at all (scikit-learn's convention)
-        r2 = 1.0 if ss_res == 0 else 0.0
-    return {"mse": float((residual ** 2).mean()), "mae": float(residual.abs().mean()), "r2": r2}
+    rows = []
+    for k in range(len(pred)):
+        if ss_tot > 0:
+            r2 = 1.0 - ss_res[k] / ss_tot
+        else:  # constant targets: perfect or not at all (scikit-learn's convention)
+            r2 = 1.0 if ss_res[k] == 0 else 0.0
+        rows.append({"mse": mse[k], "mae": mae[k], "r2": r2})
+    return rows
 
 
 def classification(logits: torch.Tensor, y: torch.Tensor, classes: int) -> dict[str, float]:
     """Accuracy, precision, recall, f1 and ROC AUC of logits ([n] if binary, else [n, classes])."""
     if classes <= 2:
-        scores = _double(logits).reshape(-1)
-        truth = _double(y).reshape(-1) > 0.5
-        predicted = scores > 0
-        precision, recall, f1 = _precision_recall_f1(predicted, truth)
-        return {"accuracy": _mean(predicted == truth), "precision": precision, "recall": recall,
-                "f1": f1, "roc_auc": roc_auc(scores, truth)}
+        return classification_rows(logits.reshape(1, -1), y, classes)[0]
     logits = _double(logits)
     truth = y.detach().cpu().reshape(-1).long()
     predicted = logits.argmax(dim=1)
@@ -49,23 +54,49 @@ def classification(logits: torch.Tensor, y: torch.Tensor, classes: int) -> dict[
             "roc_auc": sum(aucs) / len(aucs) if aucs else math.nan}
 
 
+def classification_rows(logits: torch.Tensor, y: torch.Tensor, classes: int) -> list[dict[str, float]]:
+    """:func:`classification` of each row of stacked logits ([K, n] binary, [K, n, classes] else)."""
+    if classes > 2:
+        return [classification(row, y, classes) for row in logits]
+    scores = _double(logits).reshape(len(logits), -1)
+    truth = _double(y).reshape(-1) > 0.5
+    predicted = scores > 0
+    tp = (predicted & truth).sum(1).tolist()
+    n_predicted, n_true = predicted.sum(1).tolist(), int(truth.sum())
+    accuracy = (predicted == truth).double().mean(1).tolist()
+    aucs = roc_auc_rows(scores, truth)
+    rows = []
+    for k in range(len(scores)):
+        precision, recall, f1 = _scores(tp[k], n_predicted[k], n_true)
+        rows.append({"accuracy": accuracy[k], "precision": precision, "recall": recall, "f1": f1, "roc_auc": aucs[k]})
+    return rows
+
+
 def roc_auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
     """Exact area under the ROC curve (Mann–Whitney U with average ranks for ties); NaN for one class."""
-    scores, positive = _double(scores).reshape(-1), positive.detach().cpu().reshape(-1).bool()
+    return roc_auc_rows(_double(scores).reshape(1, -1), positive)[0]
+
+
+def roc_auc_rows(scores: torch.Tensor, positive: torch.Tensor) -> list[float]:
+    """:func:`roc_auc` of each row of stacked scores [K, n] against one set of labels [n]."""
+    scores, positive = _double(scores).contiguous(), positive.detach().cpu().reshape(-1).bool()
     n_pos = int(positive.sum())
     n_neg = positive.numel() - n_pos
     if n_pos == 0 or n_neg == 0:
-        return math.nan
-    _, inverse, counts = torch.unique(scores, return_inverse=True, return_counts=True)
-    last = torch.cumsum(counts, 0).double()  # the highest 1-based rank of each distinct score
-    average_rank = last - (counts.double() - 1) / 2
-    rank_sum = float(average_rank[inverse][positive].sum())
-    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+        return [math.nan] * len(scores)
+    ordered = scores.sort(dim=1).values
+    # The average 1-based rank of tied scores: (first rank + last rank) / 2, exact in float64.
+    first = torch.searchsorted(ordered, scores, right=False)
+    last = torch.searchsorted(ordered, scores, right=True)
+    rank_sum = ((first + last + 1).double() / 2)[:, positive].sum(1)
+    return ((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)).tolist()
 
 
 def _precision_recall_f1(predicted: torch.Tensor, truth: torch.Tensor) -> tuple[float, float, float]:
-    tp = int((predicted & truth).sum())
-    n_predicted, n_true = int(predicted.sum()), int(truth.sum())
+    return _scores(int((predicted & truth).sum()), int(predicted.sum()), int(truth.sum()))
+
+
+def _scores(tp: int, n_predicted: int, n_true: int) -> tuple[float, float, float]:
     precision = tp / n_predicted if n_predicted else 0.0
     recall = tp / n_true if n_true else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0

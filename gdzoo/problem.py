@@ -162,13 +162,24 @@ class Problem:
 
     def metrics(self, prediction: torch.Tensor | None, data: Dataset | None) -> dict[str, float]:
         """Task metrics of a trained model's predictions on the full data (see gdzoo.metrics)."""
+        if prediction is None:
+            return {}
+        return self.metrics_rows(prediction.unsqueeze(0), data)[0]
+
+    def metrics_rows(self, predictions: torch.Tensor, data: Dataset | None) -> list[dict[str, float]]:
+        """:meth:`metrics` of K configurations' stacked predictions [K, ...] at once (batched studies).
+
+        A problem that overrides :meth:`metrics` alone gets it called once per configuration.
+        """
         from . import metrics
 
-        if self.task == "function" or data is None or prediction is None:
-            return {}
+        if type(self).metrics is not Problem.metrics:
+            return [self.metrics(row, data) for row in predictions]
+        if self.task == "function" or data is None:
+            return [{} for _ in predictions]
         if self.task == "classification":
-            return metrics.classification(prediction, data.y, data.classes)
-        return metrics.regression(prediction, data.y)
+            return metrics.classification_rows(predictions, data.y, data.classes)
+        return metrics.regression_rows(predictions, data.y)
 
     def summary(self, module: nn.Module) -> list[str]:
         """Lines printed after a run (e.g. the tutorial's 'Prediction after training: f(5) = 10.000')."""
