@@ -84,11 +84,18 @@ def roc_auc_rows(scores: torch.Tensor, positive: torch.Tensor) -> list[float]:
     n_neg = positive.numel() - n_pos
     if n_pos == 0 or n_neg == 0:
         return [math.nan] * len(scores)
-    ordered = scores.sort(dim=1).values
-    # The average 1-based rank of tied scores: (first rank + last rank) / 2, exact in float64.
-    first = torch.searchsorted(ordered, scores, right=False)
-    last = torch.searchsorted(ordered, scores, right=True)
-    rank_sum = ((first + last + 1).double() / 2)[:, positive].sum(1)
+    K, n = scores.shape
+    ordered, order = scores.sort(dim=1)
+    # Tied scores share the average of their 1-based ranks, (first + last) / 2: exact in float64.
+    position = torch.arange(n).expand(K, n)
+    starts = torch.ones(K, n, dtype=torch.bool)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    ends = torch.ones(K, n, dtype=torch.bool)
+    ends[:, :-1] = starts[:, 1:]
+    first = torch.where(starts, position, 0).cummax(dim=1).values
+    last = torch.where(ends, position, n).flip(1).cummin(dim=1).values.flip(1)
+    ranks = torch.empty(K, n, dtype=torch.float64).scatter_(1, order, (first + last + 2).double() / 2)
+    rank_sum = ranks[:, positive].sum(1)
     return ((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)).tolist()
 
 
