@@ -356,6 +356,7 @@ def linear_with_grad(module: nn.Module, loss_fn):
     if not (isinstance(module, nn.Linear) and module.out_features == 1):
         return None
     scratch = Scratch()
+    column_major: list = [None, None]  # shared data and its column-major copy: g @ X runs 2-3x faster
 
     def step(params, X, y):
         weight, bias = params["weight"], params.get("bias")
@@ -372,7 +373,12 @@ def linear_with_grad(module: nn.Module, loss_fn):
             if pair is None:
                 return None
             losses, g = pair
-            weight.grad = (torch.mm(g, X) if X.dim() == 2 else torch.bmm(g.unsqueeze(1), X)).view_as(weight)
+            if X.dim() == 2:
+                if column_major[0] is not X:
+                    column_major[:] = [X, X.t().contiguous().t()]
+                weight.grad = torch.mm(g, column_major[1]).view_as(weight)
+            else:
+                weight.grad = torch.bmm(g.unsqueeze(1), X).view_as(weight)
             if bias is not None:
                 bias.grad = g.sum(1).view_as(bias)
         return losses

@@ -263,12 +263,13 @@ class Chain(torch.optim.Optimizer):
         for group in self.param_groups:
             params, grads = [], []
             for p in group["params"]:
-                if p.grad is None:
+                grad = p.grad
+                if grad is None:
                     continue
-                if p.grad.is_sparse:
+                if grad.is_sparse:
                     raise RuntimeError(f"{self.spec or 'gdzoo'} does not support sparse gradients")
                 params.append(p)
-                grads.append(p.grad)
+                grads.append(grad)
             if params:
                 groups.append((group, params, grads))
         return groups

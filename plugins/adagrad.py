@@ -32,7 +32,10 @@ class Adagrad(Transform):
     def update(self, params, grads, states, hp, ctx):
         lr, lr_decay, weight_decay, eps = hp["lr"], hp["lr_decay"], hp["weight_decay"], hp["eps"]
         decay = nonzero(weight_decay)
+        e = eps  # a number; batched: shaped per parameter
         for param, grad, state in zip(params, grads, states):
+            if ctx.batch:
+                e = per(eps, param)
             if "step" not in state:
                 state["step"] = step_counter()
                 init = hp["initial_accumulator_value"]
@@ -47,7 +50,7 @@ class Adagrad(Transform):
                 grad = add(grad, param, per(weight_decay, param), out=ctx.buffer(param))
             clr = divide(lr, 1 + (step - 1) * lr_decay)
             state_sum.addcmul_(grad, grad, value=1)
-            std = torch.sqrt(state_sum, out=ctx.buffer(param, "denom")).add_(per(eps, param))
+            std = torch.sqrt(state_sum, out=ctx.buffer(param, "denom")).add_(e)
             addcdiv_(param, grad, std, per(-clr, param), scratch=ctx.buffer(param, "batch") if ctx.batch else None)
 
 

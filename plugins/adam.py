@@ -50,7 +50,10 @@ class Adam(Transform):
         weight_decay, amsgrad, maximize = hp["weight_decay"], hp["amsgrad"], hp["maximize"]
         decoupled = hp["decoupled_weight_decay"]
         decay = nonzero(weight_decay)
+        keep1, b2, keep2, e = 1 - beta1, beta2, 1 - beta2, eps  # numbers; batched: shaped per parameter
         for param, grad, state in zip(params, grads, states):
+            if ctx.batch:
+                keep1, b2, keep2, e = (per(v, param) for v in (1 - beta1, beta2, 1 - beta2, eps))
             _init_state(param, state, amsgrad)
             if maximize:
                 grad = torch.neg(grad, out=ctx.buffer(param))
@@ -62,8 +65,8 @@ class Adam(Transform):
                 else:
                     grad = add(grad, param, per(weight_decay, param), out=ctx.buffer(param))
             scratch = ctx.buffer(param, "denom")
-            exp_avg.lerp_(grad, per(1 - beta1, param))
-            addcmul_(exp_avg_sq.mul_(per(beta2, param)), grad, grad, per(1 - beta2, param), scratch=scratch)
+            exp_avg.lerp_(grad, keep1)
+            addcmul_(exp_avg_sq.mul_(b2), grad, grad, keep2, scratch=scratch)
             step = step_t.double() if torch.compiler.is_compiling() else step_t.item()
             bias_correction1 = 1 - power(beta1, step)
             bias_correction2 = 1 - power(beta2, step)
@@ -73,7 +76,7 @@ class Adam(Transform):
             if amsgrad:
                 second = torch.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])
             denom = torch.sqrt(second, out=scratch)
-            denom.div_(per(bias_correction2_sqrt, param)).add_(per(eps, param))
+            denom.div_(per(bias_correction2_sqrt, param)).add_(e)
             addcdiv_(param, exp_avg, denom, per(-step_size, param), scratch=ctx.buffer(param) if ctx.batch else None)
 
 

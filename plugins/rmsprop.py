@@ -36,7 +36,10 @@ class RMSprop(Transform):
         lr, alpha, eps, weight_decay = hp["lr"], hp["alpha"], hp["eps"], hp["weight_decay"]
         momentum, centered = hp["momentum"], hp["centered"]
         decay, heavy = nonzero(weight_decay), nonzero(momentum)
+        a, keep, e, m, step = alpha, 1 - alpha, eps, momentum, -lr  # numbers; batched: shaped per parameter
         for param, grad, state in zip(params, grads, states):
+            if ctx.batch:
+                a, keep, e, m, step = (per(v, param) for v in (alpha, 1 - alpha, eps, momentum, -lr))
             if "step" not in state:
                 state["step"] = step_counter()
                 state["square_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
@@ -50,21 +53,21 @@ class RMSprop(Transform):
             state["step"] += 1
             if decay:
                 grad = add(grad, param, per(weight_decay, param), out=ctx.buffer(param))
-            addcmul_(square_avg.mul_(per(alpha, param)), grad, grad, per(1 - alpha, param),
+            addcmul_(square_avg.mul_(a), grad, grad, keep,
                      scratch=ctx.buffer(param, "denom") if ctx.batch else None)
             if centered:
                 grad_avg = state["grad_avg"]
-                grad_avg.lerp_(grad, per(1 - alpha, param))
+                grad_avg.lerp_(grad, keep)
                 avg = torch.addcmul(square_avg, grad_avg, grad_avg, value=-1, out=ctx.buffer(param, "denom")).sqrt_()
             else:
                 avg = torch.sqrt(square_avg, out=ctx.buffer(param, "denom"))
-            avg.add_(per(eps, param))
+            avg.add_(e)
             if heavy:
                 buf = state["momentum_buffer"]
-                buf.mul_(per(momentum, param)).addcdiv_(grad, avg)
-                add_(param, buf, per(-lr, param))
+                buf.mul_(m).addcdiv_(grad, avg)
+                add_(param, buf, step)
             else:
-                addcdiv_(param, grad, avg, per(-lr, param), scratch=ctx.buffer(param, "batch") if ctx.batch else None)
+                addcdiv_(param, grad, avg, step, scratch=ctx.buffer(param, "batch") if ctx.batch else None)
 
 
 @hookimpl

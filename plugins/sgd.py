@@ -36,23 +36,25 @@ class SGD(Transform):
         weight_decay, nesterov, maximize = hp["weight_decay"], hp["nesterov"], hp["maximize"]
         decay, heavy = nonzero(weight_decay), nonzero(momentum)  # per group, not per tensor
         keep, step = 1 - dampening, -lr
+        m, k, s = momentum, keep, step  # numbers; batched, [K] tensors shaped for each parameter
         for param, grad, state in zip(params, grads, states):
+            if ctx.batch:
+                m, k, s = per(momentum, param), per(keep, param), per(step, param)
             if maximize:
                 grad = torch.neg(grad, out=ctx.buffer(param))
             if decay:
                 grad = add(grad, param, per(weight_decay, param), out=ctx.buffer(param))
             if heavy:
-                m = per(momentum, param)
                 buf = state.get("momentum_buffer")
                 if buf is None:
                     buf = state["momentum_buffer"] = grad.detach().clone()
                 else:
-                    add_(buf.mul_(m), grad, per(keep, param))
+                    add_(buf.mul_(m), grad, k)
                 if nesterov:
                     grad = add(grad, buf, m, out=ctx.buffer(param))
                 else:
                     grad = buf
-            add_(param, grad, per(step, param))
+            add_(param, grad, s)
 
 
 @hookimpl
