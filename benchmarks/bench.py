@@ -63,6 +63,23 @@ def median_time(fn, repeats: int, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
+def paired_times(a, b, repeats: int, warmup: int = 2) -> tuple[float, float]:
+    """Median times of ``a`` and ``b`` run alternately, so that both see the same machine state
+    (drift between two back-to-back medians is of the size of the differences measured here)."""
+    for _ in range(warmup):
+        a()
+        b()
+    times_a, times_b = [], []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a()
+        times_a.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        b()
+        times_b.append(time.perf_counter() - t)
+    return statistics.median(times_a), statistics.median(times_b)
+
+
 def fmt(x: float, unit: str = "") -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
@@ -147,10 +164,11 @@ def eager_path(shapes: list[tuple[int, int]], repeats: int) -> list[dict]:
         for count, size in shapes:
             ours = gdzoo.optimizer(spec, [param_with_grad(size, i) for i in range(count)])
             theirs = make_torch([param_with_grad(size, i) for i in range(count)])
-            t_ours, t_theirs = median_time(ours.step, repeats), median_time(theirs.step, repeats)
+            t_ours, t_theirs = paired_times(ours.step, theirs.step, repeats if count * size > 100 else 50 * repeats)
             row[f"{count}x{size:,} torch/gdzoo"] = fmt(t_theirs / t_ours)
         rows.append(row)
-    print("\n2. Eager path: torch.optim's default CPU step time / gdzoo's eager step time (>= 1: gdzoo no slower)")
+    print("\n2. Eager path: torch.optim's default CPU step time / gdzoo's eager step time (>= 1: gdzoo no slower; "
+          "the two timed alternately)")
     return rows
 
 
@@ -224,27 +242,30 @@ def lr_values(count: int) -> list[str]:
     return [repr(float(f"{v:.6g}")) for v in torch.logspace(-3, 0.5, count).tolist()]
 
 
-def batched_studies(count: int, epochs: int) -> list[dict]:
+def batched_studies(count: int, epochs: int, repeats: int) -> list[dict]:
     rows = []
-    for problem in ("doubling", "purchase"):
-        for spec in ("sgd", "adam"):
-            kwargs = dict(epochs=epochs, tol=None, dtype="float64")
-            t = time.perf_counter()
-            together = study.sweep(spec, {"lr": lr_values(count)}, problem, batched=True, **kwargs)
-            t_batched = time.perf_counter() - t
-            t = time.perf_counter()
-            apart = study.sweep(spec, {"lr": lr_values(count)}, problem, batched=False, **kwargs)
-            t_separate = time.perf_counter() - t
-            worst = 0.0
-            for a, b in zip(together.runs, apart.runs):
-                for x, y in zip(a.history + [a.final_loss], b.history + [b.final_loss]):
-                    if math.isfinite(y):
-                        worst = max(worst, abs(x - y) / max(abs(y), 1e-300))
-            rows.append({"sweep": f"{spec} lr x{count} on {problem}", "epochs": epochs,
-                         "separate s": fmt(t_separate), "batched s": fmt(t_batched),
-                         "speed-up": fmt(t_separate / t_batched), "max rel. difference": f"{worst:.1e}"})
-    print(f"\n4. Batched studies: {count}-value learning-rate sweeps, float64, fixed budget "
-          f"(speed-up = separate / batched; difference: every loss and final loss)")
+    for dtype in ("float64", "float32"):
+        for problem in ("doubling", "purchase"):
+            for spec in ("sgd", "adam"):
+                kwargs = dict(epochs=epochs, tol=None, dtype=dtype)
+
+                def sweep(batched):
+                    return study.sweep(spec, {"lr": lr_values(count)}, problem, batched=batched, **kwargs)
+
+                together = sweep(True)  # warm-up, and the results compared below
+                t_batched = median_time(lambda: sweep(True), repeats, warmup=0)
+                apart = sweep(False)
+                t_separate = median_time(lambda: sweep(False), max(1, repeats // 3), warmup=0)
+                worst = 0.0
+                for a, b in zip(together.runs, apart.runs):
+                    for x, y in zip(a.history + [a.final_loss], b.history + [b.final_loss]):
+                        if math.isfinite(y):
+                            worst = max(worst, abs(x - y) / max(abs(y), 1e-300))
+                rows.append({"sweep": f"{spec} lr x{count} on {problem}", "dtype": dtype, "epochs": epochs,
+                             "separate s": fmt(t_separate), "batched s": fmt(t_batched),
+                             "speed-up": fmt(t_separate / t_batched), "max rel. difference": f"{worst:.1e}"})
+    print(f"\n4. Batched studies: {count}-value learning-rate sweeps, fixed budget, default set-up otherwise "
+          f"(speed-up = separate / batched, medians; difference: every loss and final loss)")
     return rows
 
 
@@ -304,7 +325,7 @@ def main(argv=None) -> int:
     if "engine" in only:
         show(engine_overhead(200 if quick else 1000, 3 if quick else 5))
     if "batched" in only:
-        show(batched_studies(100, 50 if quick else 200))
+        show(batched_studies(100, 50 if quick else 200, 1 if quick else 5))
     if "scaling" in only:
         sizes = [1_000, 100_000, 10_000_000] if quick else [1_000, 10_000, 100_000, 1_000_000, 10_000_000]
         tables = scaling(sizes, [1, 10, 100] if quick else [1, 10, 100, 1000],

@@ -116,7 +116,10 @@ def _take(state: Any, index: torch.Tensor, width: int) -> Any:
 
 def train_batched(spec: str, setups: Sequence[Setup], seeds: Sequence[int],
                   overrides: Sequence[dict[str, Any]], budget: Budget, registry: Registry) -> list[RunResult]:
-    """Train K prepared setups as one batched problem; one RunResult per configuration."""
+    """Train K prepared setups as one batched problem; one RunResult per configuration.
+
+    Configurations of one seed start from the same module and may share one Setup: its module
+    only holds each one's final parameters in turn, while its result is made."""
     K = len(setups)
     first = setups[0]
     live = _Live(spec, setups, seeds, overrides, registry)
@@ -271,38 +274,44 @@ def train_batched(spec: str, setups: Sequence[Setup], seeds: Sequence[int],
         epochs_hist = steps_hist
     else:
         epochs_hist = torch.stack(epoch_losses) if epoch_losses else torch.zeros(0, K, dtype=torch.float64)
-    for k in range(K):
+    def load(k: int) -> Setup:
+        """Configuration k's final parameters, in its module (configurations of one seed share one)."""
         with torch.no_grad():
             for param, value in zip(setups[k].module.parameters(), frozen[k]):
                 param.copy_(value)
-    evaluated = _final_evaluation(setups)
+        return setups[k]
+
+    evaluated = _final_evaluation(setups, load)
+    finite = torch.stack([torch.cat([v.reshape(-1) for v in frozen[k]]) for k in range(K)]).isfinite().all(1).tolist()
+    own_steps = steps_hist.t().tolist()
+    own_epochs = own_steps if full_batch else epochs_hist.t().tolist()
     results = []
     for k in range(K):
         n_steps, n_epochs = stopped_at[k], epochs_done[k]
-        own_epochs = epochs_hist[:n_epochs, k].tolist()
+        epochs_k = own_epochs[k][:n_epochs]
         if n_epochs and not full_batch and status[k] == "diverged":
             # Stopped inside an epoch: its mean covers only the batches this configuration took.
             per_epoch = -(-len(first.data) // budget.batch_size)
-            own_epochs[-1] = steps_hist[(n_epochs - 1) * per_epoch:n_steps, k].mean().item()
-        if status[k] != "diverged" and not bool(torch.isfinite(torch.cat([v.reshape(-1) for v in frozen[k]])).all()):
+            epochs_k[-1] = steps_hist[(n_epochs - 1) * per_epoch:n_steps, k].mean().item()
+        if status[k] != "diverged" and not finite[k]:
             status[k], diverged_at[k] = "diverged", n_steps
-        result = _finish(spec, setups[k], budget, seeds[k], status[k], n_steps, n_epochs,
-                         steps_hist[:n_steps, k].tolist(), own_epochs,
-                         converged_at[k], target_at[k], diverged_at[k], wall / K,
+        result = _finish(spec, load(k), budget, seeds[k], status[k], n_steps, n_epochs,
+                         own_steps[k][:n_steps], epochs_k, converged_at[k], target_at[k], diverged_at[k], wall / K,
                          evaluated[k] if evaluated is not None else None)
         result.config["batched"] = K
         results.append(result)
     return results
 
 
-def _final_evaluation(setups: Sequence[Setup]) -> list[tuple[float, dict]] | None:
+def _final_evaluation(setups: Sequence[Setup], load) -> list[tuple[float, dict]] | None:
     """Every configuration's final loss and task metrics, as its separate run computes them: its
     own forward pass and loss (bit for bit), the metrics of all K at once
-    (``Problem.metrics_rows``).  None without a problem's data: each run then evaluates alone."""
+    (``Problem.metrics_rows``).  None without a problem's data: each run then evaluates alone.
+    ``load(k)`` puts configuration k's final parameters in its module and returns its Setup."""
     first = setups[0]
     if first.problem is None or first.data is None or first.objective is not None:
         return None
-    finals, predictions = zip(*(evaluate(s) for s in setups))
+    finals, predictions = zip(*(evaluate(load(k)) for k in range(len(setups))))
     if any(p is None or p.shape != predictions[0].shape for p in predictions):
         return None
     return list(zip(finals, first.problem.metrics_rows(torch.stack(predictions), first.data)))

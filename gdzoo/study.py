@@ -141,19 +141,24 @@ def execute(problem, trials: Sequence[Trial], *, epochs=None, steps=None, batch_
         _validate(group, registry, dtype)
     for group in groups.values():
         try:
-            setups = []
-            for trial in group:
-                s = setup(problem_obj or problem, seed=trial.seed, dtype=dtype, registry=registry,
+            def make(seed: int):
+                nonlocal problem_obj
+                s = setup(problem_obj or problem, seed=seed, dtype=dtype, registry=registry,
                           model=model, loss=loss, data=data)
                 problem_obj = s.problem or problem_obj
-                setups.append(s)
+                return s
+
+            by_seed = {}  # one set-up per seed: a batch's configurations of one seed start alike
+            for trial in group:
+                if trial.seed not in by_seed:
+                    by_seed[trial.seed] = make(trial.seed)
             budget = make_budget(problem_obj, epochs, steps, batch_size, tol, target, blowup)
-            if len(group) > 1 and can_batch(setups):
-                results = train_batched(group[0].spec, setups, [t.seed for t in group],
+            if len(group) > 1 and can_batch(list(by_seed.values())):
+                results = train_batched(group[0].spec, [by_seed[t.seed] for t in group], [t.seed for t in group],
                                         [dict(t.overrides) for t in group], budget, registry)
-            else:
-                results = [train(t.spec, s, budget, seed=t.seed, registry=registry, overrides=dict(t.overrides))
-                           for t, s in zip(group, setups)]
+            else:  # separate runs train their own modules: a fresh set-up for each after the first
+                results = [train(t.spec, by_seed.pop(t.seed, None) or make(t.seed), budget, seed=t.seed,
+                                 registry=registry, overrides=dict(t.overrides)) for t in group]
         except KeyboardInterrupt:
             study.interrupted = True
             break
