@@ -618,6 +618,23 @@ def test_minibatch_sweep_with_seeds_matches_the_separate_runs(spec, problem, lrs
     assert_same_runs(batched, alone, k=2 * len(lrs), rel=rel)
 
 
+@pytest.mark.parametrize("problem,loss,autograd", [
+    ("purchase:n=200", None, False),  # bce: closed form, two GEMMs, no autograd graph
+    ("linear:n=50", None, False),  # mse
+    ("linear:n=50", "huber", True),  # no closed form: autograd through the stacked forward
+    ("linear:n=50", "mae", True),
+])
+def test_batched_linear_models_train_by_hand_where_the_loss_has_a_closed_form(problem, loss, autograd, monkeypatch):
+    backward_calls = []
+    original = torch.autograd.backward
+    monkeypatch.setattr(torch.autograd, "backward", lambda *a, **k: backward_calls.append(1) or original(*a, **k))
+    kw = dict(dtype="float64", epochs=15, loss=loss)
+    batched = gdzoo.sweep("momentum", {"lr": [0.001, 0.01, 0.1]}, problem, **kw)
+    assert bool(backward_calls) == autograd
+    alone = gdzoo.sweep("momentum", {"lr": [0.001, 0.01, 0.1]}, problem, batched=False, **kw)
+    assert_same_runs(batched, alone, k=3, rel=PURCHASE_TOL["float64"])
+
+
 def test_an_lr_beyond_float32_is_an_error_in_both_paths():
     """An lr the parameters' dtype cannot hold is bad input, named as such, batched or not."""
     for batched in (True, False):

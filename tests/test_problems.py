@@ -15,9 +15,11 @@ import gdzoo
 from gdzoo import metrics
 from gdzoo.data import load_csv
 from gdzoo.errors import DataError, GdzooError, SpecError
+from gdzoo.ops import Scratch
 from gdzoo.problem import Dataset
 
 REGISTRY = gdzoo.registry()
+F64 = torch.float64
 
 
 def build(kind, spec):
@@ -175,6 +177,69 @@ def test_multiclass_roc_auc_skips_classes_absent_from_the_targets():
 
 
 # --- doubling -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name", ["mse", "bce"])
+def test_closed_form_batched_losses_are_the_unbatched_loss_and_its_autograd_gradient(name, dtype):
+    """Row k of batched_with_grad, and of batched() with its backward, is bit for bit loss(pred[k])
+    and its autograd gradient: what makes batched studies equal their separate runs."""
+    loss = build("loss", name)
+    gen = torch.Generator().manual_seed(0)
+    pred = (3 * torch.randn(5, 40, generator=gen, dtype=F64)).to(dtype)
+    y = (torch.rand(40, generator=gen) < 0.5).to(dtype) if name == "bce" else torch.randn(40, generator=gen).to(dtype)
+    values, grad = loss.batched_with_grad(pred, y, Scratch())
+    stacked = pred.clone().requires_grad_()
+    via_autograd = loss.batched(stacked, y)
+    via_autograd.sum().backward()
+    for k in range(5):
+        row = pred[k].clone().requires_grad_()
+        alone = loss(row, y)
+        alone.backward()
+        assert torch.equal(values[k], alone.detach()) and torch.equal(via_autograd[k].detach(), alone.detach())
+        assert torch.equal(grad[k], row.grad) and torch.equal(stacked.grad[k], row.grad)
+
+
+def test_losses_without_a_closed_form_fall_back_to_autograd():
+    for name in ("mae", "huber", "cross_entropy"):
+        loss = build("loss", name)
+        assert loss.batched_with_grad(torch.zeros(2, 3, 4 if name == "cross_entropy" else 1).squeeze(-1),
+                                      torch.zeros(3)) is None
+
+
+def test_metrics_rows_are_each_rows_metrics():
+    gen = torch.Generator().manual_seed(3)
+    scores = torch.randn(6, 50, generator=gen, dtype=F64).round(decimals=1)  # ties
+    scores[2] = 0.25  # all tied in one row
+    y = (torch.rand(50, generator=gen) < 0.4).double()
+    rows = metrics.classification_rows(scores, y, 2)
+    for k in range(6):
+        assert rows[k] == metrics.classification(scores[k], y, 2)
+        positive = y > 0.5  # the Mann-Whitney count, pair by pair
+        pairs = (scores[k][positive][:, None] > scores[k][~positive][None, :]).double() \
+            + 0.5 * (scores[k][positive][:, None] == scores[k][~positive][None, :]).double()
+        assert rows[k]["roc_auc"] == pytest.approx(float(pairs.mean()), abs=1e-15)
+    assert rows[2]["roc_auc"] == 0.5
+    targets = torch.randn(50, generator=gen, dtype=F64)
+    assert metrics.regression_rows(scores, targets) == [metrics.regression(row, targets) for row in scores]
+    logits = torch.randn(3, 20, 4, generator=gen, dtype=F64)
+    classes = torch.randint(0, 4, (20,), generator=gen)
+    assert metrics.classification_rows(logits, classes, 4) == [metrics.classification(row, classes, 4) for row in logits]
+
+
+def test_a_problem_overriding_metrics_gets_it_per_configuration_in_a_batch():
+    class Counted(type(build("problem", "linear:n=20"))):
+        calls = 0
+
+        def metrics(self, prediction, data):
+            Counted.calls += 1
+            return {"mean prediction": float(prediction.mean())}
+
+    problem = Counted(**gdzoo.get("problem", "linear").defaults)
+    problem.options["n"] = 20
+    study = gdzoo.sweep("sgd", {"lr": [0.01, 0.1, 0.2]}, problem, epochs=3)
+    assert all(r.config["batched"] == 3 for r in study.runs) and Counted.calls == 3
+    assert len({r.metrics["mean prediction"] for r in study.runs}) == 3
+
+
 def test_doubling_data_and_optimum():
     problem = build("problem", "doubling")
     data = problem.data()
