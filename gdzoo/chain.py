@@ -120,11 +120,12 @@ class Chain(torch.optim.Optimizer):
     [K] (one value per configuration; see :mod:`gdzoo.ops`).
 
     With ``fused=True`` the update runs torch's own fused CPU kernel where torch has one and the
-    optimizer declares it (``native = True``: Adam, AdamW — measured twice as fast as Inductor's
-    code for it).  The grad-stage transforms the kernel can do for it (``Transform.fold``: clip_norm
-    as its gradient scale, l2 as its weight decay) run inside that kernel, so that
-    ``adam+clip_norm+l2`` is one norm pass and one update pass; other transforms run eagerly
-    before it.  Otherwise every step after the first runs the
+    optimizer declares it: Adam and AdamW always (``native = True``: twice as fast as Inductor's
+    code for them), SGD when the kernel can do the whole chain (``native = "whole"``).  The
+    grad-stage transforms the kernel can do for it (``Transform.fold``: clip_norm as its gradient
+    scale, l2 as its weight decay) run inside that kernel, so that ``adam+clip_norm+l2`` is one
+    norm pass and one update pass; other transforms run eagerly before it.  Otherwise every step
+    after the first runs the
     whole chain as one ``torch.compile``d function (Inductor fuses it into a pass or two over
     memory): worth its compile time (seconds) for large parameters.  The learning rate enters as
     data, so schedulers do not recompile it; other hyperparameters are compiled in as constants
@@ -152,9 +153,12 @@ class Chain(torch.optim.Optimizer):
         self.spec = spec
         self.batch = batch  # K when parameters carry a leading dimension of K configurations
         self.fused = fused  # run steps (after the first) as one torch.compile'd function...
-        # ...unless the optimizer has a native fused kernel (Adam, AdamW), which beats Inductor's
-        self.native = fused and not batch and any(getattr(link.transform, "native", False) for link in links)
-        self._folds = self._fold_plan() if self.native else None
+        # ...unless the optimizer has a native fused kernel: Adam's (native = True) beats Inductor's
+        # code even beside eager transforms; SGD's (native = "whole") only when it does the whole chain
+        kind = getattr(updates[0].transform, "native", False)
+        plan = self._fold_plan()
+        self.native = fused and not batch and (kind is True or (kind == "whole" and plan is not None))
+        self._folds = plan if self.native else None
         self._compiled = None
         self._stepped: set[int] = set()
         self._fused_lr: dict[int, torch.Tensor] = {}  # per group: lr enters the compiled step as data
@@ -169,7 +173,8 @@ class Chain(torch.optim.Optimizer):
         return f"gdzoo.Chain({self.spec!r}, {len(self.param_groups)} param group(s))"
 
     def _fold_plan(self) -> tuple[Link, list[Link]] | None:
-        """(update link, the other links) when the native kernel can do every other link's work.
+        """(update link, the other links) when the native kernel can do every other link's work
+        (a lone optimizer: no other links).
 
         The kernel applies its folds in the order it lists them (``native_folds``: scale the
         gradient, then add weight decay); the chain's grad stage must ask for them in that order.
@@ -178,7 +183,7 @@ class Chain(torch.optim.Optimizer):
         accepts = tuple(getattr(update.transform, "native_folds", ()))
         others = [link for _, link in self.schedule if link is not update]
         kinds = [link.transform.fold for link in others]
-        if not others or any(link.stages != ("grad",) or link.transform.stateful for link in others) \
+        if any(link.stages != ("grad",) or link.transform.stateful for link in others) \
                 or any(kind not in accepts for kind in kinds) or len(set(kinds)) != len(kinds) \
                 or kinds != sorted(kinds, key=accepts.index):
             return None
@@ -190,7 +195,7 @@ class Chain(torch.optim.Optimizer):
         t = update.transform
         hps = [{n: group[k] for n, k in update.keys} for group, _, _ in groups]
         kinds = {link.transform.fold for link in others}
-        if not all(t.can_fold(params, hp, kinds) for (_, params, _), hp in zip(groups, hps)):
+        if not all(t.can_fold(params, hp, kinds, own) for (_, params, _), hp, own in zip(groups, hps, states)):
             return False
         folds: list[dict[str, Any]] = [{} for _ in groups]
         for link in others:

@@ -86,7 +86,7 @@ class Adam(Transform):
         return len({(p.device, p.dtype) for p in params}) == 1 and not any(isinstance(v, torch.Tensor)
                                                                            for v in hp.values())
 
-    def can_fold(self, params, hp, kinds: set[str]) -> bool:
+    def can_fold(self, params, hp, kinds: set[str], states=None) -> bool:
         """Whether :meth:`native_step` can do the folds ``kinds`` for this group exactly as the chain would."""
         if not self._native_ok(params, hp):
             return False

@@ -31,7 +31,13 @@ class SGD(Transform):
         if hp["nesterov"] and (hp["momentum"] <= 0 or hp["dampening"] != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
 
+    native = "whole"  # Chain(fused=True): torch's fused kernel when it does the whole chain, else compiled
+    native_folds = ("grad_scale", "weight_decay")  # what the kernel can do for clip_norm and l2, in its order
+
     def update(self, params, grads, states, hp, ctx):
+        if getattr(ctx, "native", False) and self.can_fold(params, hp, set(), states):
+            self.native_step(params, grads, states, hp)
+            return
         lr, momentum, dampening = hp["lr"], hp["momentum"], hp["dampening"]
         weight_decay, nesterov, maximize = hp["weight_decay"], hp["nesterov"], hp["maximize"]
         decay, heavy = nonzero(weight_decay), nonzero(momentum)  # per group, not per tensor
@@ -55,6 +61,39 @@ class SGD(Transform):
                 else:
                     grad = buf
             add_(param, grad, s)
+
+
+    def can_fold(self, params, hp, kinds: set[str], states=None) -> bool:
+        """Whether :meth:`native_step` can do this group, with the folds ``kinds``, as the chain would."""
+        if len({(p.device, p.dtype) for p in params}) != 1 or any(isinstance(v, torch.Tensor) for v in hp.values()):
+            return False
+        if states is not None and hp["momentum"] != 0:  # the kernel starts all buffers or none
+            if len({"momentum_buffer" in state for state in states}) > 1:
+                return False
+        if "grad_scale" in kinds and params[0].dtype != torch.float32:  # the kernel's scale is a float32
+            return False
+        # The kernel adds weight decay after negating for maximize; a chain's l2 comes before SGD
+        # negates.  And a second, SGD's own, decay would be a second addition.
+        return "weight_decay" not in kinds or not (hp["weight_decay"] or hp["maximize"])
+
+    def native_step(self, params, grads, states, hp, grad_scale=None, weight_decay=None) -> None:
+        """torch._fused_sgd_ over the whole group, as torch.optim.SGD(fused=True) runs it.
+
+        ``grad_scale`` (a folded clip_norm) divides the gradients, in place; ``weight_decay`` (a
+        folded l2) is added to the gradient as SGD's own decay.
+        """
+        momentum = hp["momentum"]
+        buffers, first = [], False
+        if momentum != 0:
+            first = "momentum_buffer" not in states[0]
+            if first:
+                for grad, state in zip(grads, states):
+                    state["momentum_buffer"] = torch.empty_like(grad, memory_format=torch.preserve_format)
+            buffers = [state["momentum_buffer"] for state in states]
+        torch._fused_sgd_(params, list(grads), buffers, weight_decay=hp["weight_decay"] if weight_decay is None
+                          else weight_decay, momentum=momentum, lr=hp["lr"], dampening=hp["dampening"],
+                          nesterov=hp["nesterov"], maximize=hp["maximize"], is_first_step=first,
+                          grad_scale=grad_scale, found_inf=None)
 
 
 @hookimpl

@@ -9,13 +9,15 @@
 3. through the engine: ``gdzoo.sweep`` batched vs ``batched=False``.
 """
 
-# Compile time: every distinct fused (chain, dtype, shapes) configuration costs one torch.compile,
-# ~0.5-4 s on 2 cores, and each fused test starts from torch._dynamo.reset() (see ``dynamo`` below).
-# This module compiles 17 configurations, one per test: FUSED (14: 12 in float32, 2 in float64), the
-# scheduler test (1) and the fused+batched tests (2); plus 8 cheap sgd ones in
-# test_fused_keeps_compiling_past_eight_configurations.  The whole file takes ~35 s with a cold
-# Inductor cache on 2 cores (~10 s warm).  Keep it so: add eager and batched cases freely (they cost
-# milliseconds), fused ones only when they cover a new code path.
+# Compile time: every distinct fused (chain, dtype, shapes) configuration that is compiled costs one
+# torch.compile, ~0.5-4 s on 2 cores, and each fused test starts from torch._dynamo.reset() (see
+# ``dynamo`` below).  Chains that run torch's native fused kernels (Adam, AdamW; SGD, momentum and
+# Nesterov with at most clip_norm and l2) compile nothing.  This module compiles 5 configurations
+# in FUSED (adagrad, the two rmsprop ones and the two sgd+l1 ones), the scheduler test (1) and
+# the fused+batched tests (2), plus 9 cheap rmsprop ones in
+# test_fused_keeps_compiling_past_eight_configurations.  The whole file takes ~25 s with a cold
+# Inductor cache on 2 cores (~8 s warm).  Keep it so: add eager, batched and native cases freely
+# (they cost milliseconds), compiled ones only when they cover a new code path.
 
 from __future__ import annotations
 
@@ -210,6 +212,12 @@ def assert_compiled_once(counters):
     assert counters["frames"]["ok"] == 1, dict(counters["frames"])
 
 
+def native_kernel(spec):
+    """The torch fused kernel a fused chain with this optimizer runs natively."""
+    name = optimizer_name(spec)
+    return {"adam": "_fused_adam_", "adamw": "_fused_adamw_"}.get(name, "_fused_sgd_")
+
+
 FUSED = [pytest.param(spec, F64 if spec in ("rmsprop:centered=true,momentum=0.9",
                                             "adam+clip_norm:max_norm=0.5+l2:weight=0.01") else F32,
                       id=spec) for spec in SPECS]
@@ -222,7 +230,7 @@ def test_fused_equals_eager_equals_torch(spec, dtype, dynamo):
     opt = registry().optimizer(spec, fused, fused=True, lr=lr)
     calls = []
     if opt.native:  # Adam/AdamW: torch's own fused kernel, nothing compiled
-        kernel = "_fused_adamw_" if "adamw" in spec else "_fused_adam_"
+        kernel = native_kernel(spec)
         original = getattr(torch, kernel)
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(torch, kernel, lambda *a, **k: calls.append(1) or original(*a, **k))
@@ -244,7 +252,9 @@ def test_fused_equals_eager_equals_torch(spec, dtype, dynamo):
 
 
 FOLDABLE = ["adam+clip_norm:max_norm=0.5+l2:weight=0.01", "adamw+clip_norm:max_norm=0.5",
-            "adam+l2:weight=0.01", "adam:amsgrad=true,maximize=true+clip_norm:max_norm=0.5"]
+            "adam+l2:weight=0.01", "adam:amsgrad=true,maximize=true+clip_norm:max_norm=0.5",
+            "sgd:momentum=0.9+clip_norm:max_norm=0.5+l2:weight=0.01", "nesterov+l2:weight=0.01",
+            "sgd:maximize=true+clip_norm:max_norm=0.5"]
 NOT_FOLDABLE = [  # each equals its eager run all the same: the grad stage runs eagerly, then the kernel
     ("adam+l2:weight=0.01+clip_norm:max_norm=0.5", F32),  # the clip's norm includes the L2 term
     ("adam:maximize=true+clip_norm:max_norm=0.5+l2:weight=0.01", F32),  # l2 comes before maximize's sign
@@ -252,18 +262,19 @@ NOT_FOLDABLE = [  # each equals its eager run all the same: the grad stage runs 
     ("adamw+l2:weight=0.01", F32),  # the kernel's decay is decoupled
     ("adam+clip_norm:max_norm=0.5", F64),  # the kernel's grad scale is a float32
     ("adam+clip_norm:max_norm=0.5+l1:weight=0.01", F32),  # l1 has no fold
+    ("sgd:momentum=0.9,maximize=true+l2:weight=0.01", F32),  # as for Adam
 ]
 
 
 @pytest.mark.parametrize("spec", FOLDABLE)
-def test_fused_adam_does_clip_norm_and_l2_in_its_own_kernel(spec, dynamo):
+def test_fused_native_kernels_do_clip_norm_and_l2_in_their_own_pass(spec, dynamo):
     """Under fused=True, clip_norm and l2 become the kernel's grad_scale and weight_decay: one
     kernel call per step, no eager transform, the eager numbers; p.grad ends clipped, as after
     torch's clip_grad_norm_."""
-    dtype, lr, sign = F32, LR["adam"], sign_of(spec)
+    dtype, lr, sign = F32, LR[optimizer_name(spec)], sign_of(spec)
     fused = start(dtype)
     opt = registry().optimizer(spec, fused, fused=True, lr=lr)
-    kernel = "_fused_adamw_" if "adamw" in spec else "_fused_adam_"
+    kernel = native_kernel(spec)
     original, calls = getattr(torch, kernel), []
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(torch, kernel, lambda *a, **k: calls.append(k) or original(*a, **k))
@@ -284,11 +295,11 @@ def test_fused_adam_does_clip_norm_and_l2_in_its_own_kernel(spec, dynamo):
 
 
 @pytest.mark.parametrize("spec,dtype", NOT_FOLDABLE, ids=[s for s, _ in NOT_FOLDABLE])
-def test_fused_adam_chains_that_cannot_fold_run_the_grad_stage_eagerly(spec, dtype, dynamo):
-    lr, sign = LR["adam"], sign_of(spec)
+def test_fused_chains_that_cannot_fold_run_the_grad_stage_eagerly(spec, dtype, dynamo):
+    lr, sign = LR[optimizer_name(spec)], sign_of(spec)
     fused = start(dtype)
     opt = registry().optimizer(spec, fused, fused=True, lr=lr)
-    kernel = "_fused_adamw_" if "adamw" in spec else "_fused_adam_"
+    kernel = native_kernel(spec)
     original, calls = getattr(torch, kernel), []
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(torch, kernel, lambda *a, **k: calls.append(k) or original(*a, **k))
@@ -300,10 +311,18 @@ def test_fused_adam_chains_that_cannot_fold_run_the_grad_stage_eagerly(spec, dty
     assert_close(fused, eager, dtype, f"{spec} fused vs eager")
 
 
+@pytest.mark.parametrize("spec", ["sgd:momentum=0.9+l1:weight=0.01", "nesterov+weight_decay:weight=0.01"])
+def test_fused_sgd_runs_its_native_kernel_only_for_the_whole_chain(spec):
+    """SGD's fused kernel beside eager transforms would cost a pass over memory each: such a
+    chain is compiled whole instead."""
+    assert not registry().optimizer(spec, start(F32), fused=True).native
+    assert registry().optimizer("momentum+l2", start(F32), fused=True).native
+
+
 def test_fused_lr_scheduler_gives_the_eager_numbers(dynamo):
     """StepLR halves lr every 5 steps: the compiled step reads lr as data, so it follows the
     schedule without recompiling, and gives the eager (and torch.optim) numbers."""
-    spec, dtype, lr = "momentum", F32, 0.05
+    spec, dtype, lr = "rmsprop", F32, 0.01  # compiled (momentum would run torch's fused SGD kernel)
     schedule = lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.5)  # noqa: E731
     fused = start(dtype)
     fused_opt = registry().optimizer(spec, fused, fused=True, lr=lr)
@@ -323,11 +342,11 @@ def test_fused_lr_scheduler_gives_the_eager_numbers(dynamo):
 
 
 def test_fused_keeps_compiling_past_eight_configurations(dynamo):
-    """Nine fused optimizers that differ only in momentum: each really runs compiled.  (The costliest
-    test here: nine compilations of the cheapest chain.)"""
+    """Nine fused optimizers that differ only in alpha: each really runs compiled.  (The costliest
+    test here: nine compilations of a cheap chain.)"""
     for i in range(9):
         params = start(F32)
-        train(registry().optimizer("sgd:lr=0.05", params, fused=True, momentum=0.1 + 0.05 * i), params, F32, steps=2)
+        train(registry().optimizer("rmsprop:lr=0.01", params, fused=True, alpha=0.9 + 0.01 * i), params, F32, steps=2)
         assert dynamo["stats"]["unique_graphs"] == i + 1, f"configuration {i + 1} was not compiled"
 
 
