@@ -34,6 +34,8 @@ from gdzoo import engine, study
 
 warnings.filterwarnings("ignore")
 os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
+# No pool of compile workers idling beside the measurements (they start with the first compile)
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 
 # spec -> (torch constructor for the same configuration or None, extra bytes/element beyond grad+param,
 #          torch fused kernel available)
@@ -63,21 +65,19 @@ def median_time(fn, repeats: int, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
-def paired_times(a, b, repeats: int, warmup: int = 2) -> tuple[float, float]:
-    """Median times of ``a`` and ``b`` run alternately, so that both see the same machine state
-    (drift between two back-to-back medians is of the size of the differences measured here)."""
+def interleaved_times(fns, repeats: int, warmup: int = 2) -> list[float]:
+    """Median times of the functions ``fns`` run in turn, so that all see the same machine state
+    (drift between back-to-back medians is of the size of the differences measured here)."""
     for _ in range(warmup):
-        a()
-        b()
-    times_a, times_b = [], []
+        for fn in fns:
+            fn()
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        t = time.perf_counter()
-        a()
-        times_a.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        b()
-        times_b.append(time.perf_counter() - t)
-    return statistics.median(times_a), statistics.median(times_b)
+        for fn, own in zip(fns, times):
+            t = time.perf_counter()
+            fn()
+            own.append(time.perf_counter() - t)
+    return [statistics.median(own) for own in times]
 
 
 def fmt(x: float, unit: str = "") -> str:
@@ -108,16 +108,18 @@ def big_parameters(n: int, repeats: int) -> list[dict]:
         t = time.perf_counter()
         opt.step()  # compile
         compile_s = time.perf_counter() - t
-        # The step and the probe timed alternately: the floor is measured in the same moments
-        fused, t_probe = paired_times(opt.step, probe, repeats)
+        # The step, the probe and torch's fused step timed in turn: measured in the same moments
+        steps = [opt.step, probe]
+        if has_fused:
+            steps.append(make_torch([param_with_grad(n)], fused=True).step)
+        fused, t_probe, *others = interleaved_times(steps, repeats)
+        torch_fused = others[0] if others else None
         bandwidths.append(12 * n / t_probe)
         floor = t_probe * (12 + extra) / 12  # read grad, read+write param, read+write state
         eager = median_time(gdzoo.optimizer(spec, [param_with_grad(n)]).step, repeats)
-        torch_default = torch_fused = None
+        torch_default = None
         if make_torch is not None:
             torch_default = median_time(make_torch([param_with_grad(n)], foreach=False).step, repeats)
-            if has_fused:
-                torch_fused = median_time(make_torch([param_with_grad(n)], fused=True).step, repeats)
         rows.append({
             "spec": spec,
             "floor ms": fmt(floor * 1e3),
@@ -131,7 +133,7 @@ def big_parameters(n: int, repeats: int) -> list[dict]:
             "compile s": fmt(compile_s),
         })
     print(f"\n1. Big parameters: one {n:,}-element float32 parameter; floor = bytes that must move at the "
-          f"in-place bandwidth probed alternately with each fused step ({min(bandwidths) / 1e9:.0f}-"
+          f"in-place bandwidth, probed in turn with each fused step and torch's ({min(bandwidths) / 1e9:.0f}-"
           f"{max(bandwidths) / 1e9:.0f} GB/s)")
     return rows
 
@@ -158,7 +160,7 @@ def eager_path(shapes: list[tuple[int, int]], repeats: int) -> list[dict]:
         for count, size in shapes:
             ours = gdzoo.optimizer(spec, [param_with_grad(size, i) for i in range(count)])
             theirs = make_torch([param_with_grad(size, i) for i in range(count)])
-            t_ours, t_theirs = paired_times(ours.step, theirs.step, repeats if count * size > 100 else 50 * repeats)
+            t_ours, t_theirs = interleaved_times([ours.step, theirs.step], repeats if count * size > 100 else 50 * repeats)
             row[f"{count}x{size:,} torch/gdzoo"] = fmt(t_theirs / t_ours)
         rows.append(row)
     print("\n2. Eager path: torch.optim's default CPU step time / gdzoo's eager step time (>= 1: gdzoo no slower; "
