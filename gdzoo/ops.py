@@ -46,9 +46,11 @@ def add_(x: Tensor, y: Tensor, a: Any) -> Tensor:
 
 
 def add(x: Tensor, y: Tensor, a: Any, out: Tensor | None) -> Tensor:
-    """out = x + a * y."""
+    """out = x + a * y (a fresh tensor when ``out`` is None)."""
     if a.__class__ not in _NUMBERS:
         return torch.addcmul(x, y, a, out=out)
+    if out is None:  # the method: torch.add(..., out=None) parses its arguments more slowly
+        return x.add(y, alpha=a)
     return torch.add(x, y, alpha=a, out=out)
 
 

@@ -54,13 +54,18 @@ class SGD(Transform):
                 buf = state.get("momentum_buffer")
                 if buf is None:
                     buf = state["momentum_buffer"] = grad.detach().clone()
-                else:
+                elif ctx.batch:
                     add_(buf.mul_(m), grad, k)
+                else:  # numbers: torch.optim.SGD's own calls (the helpers cost ~5% on 1000 small tensors)
+                    buf.mul_(m).add_(grad, alpha=k)
                 if nesterov:
                     grad = add(grad, buf, m, out=ctx.buffer(param))
                 else:
                     grad = buf
-            add_(param, grad, s)
+            if ctx.batch:
+                add_(param, grad, s)
+            else:
+                param.add_(grad, alpha=s)
 
 
     def can_fold(self, params, hp, kinds: set[str], states=None) -> bool:
