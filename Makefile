@@ -12,7 +12,7 @@ compare: $(STAMP)  ## the main job: compare the built-in optimizers on the defau
 test: $(STAMP)  ## run the test suite
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)  ## the performance benchmark (about a minute with --quick)
+bench: $(STAMP)  ## the performance benchmark (--quick: about half a minute)
 	$(BIN)/python benchmarks/bench.py --quick
 
 install: $(STAMP)

@@ -1,16 +1,19 @@
 """gdzoo's performance benchmark: every target as a ratio against a reference timed in the same run.
 
-    python benchmarks/bench.py            # full run (several minutes)
-    python benchmarks/bench.py --quick    # about a minute
+    python benchmarks/bench.py            # full run (about a minute)
+    python benchmarks/bench.py --quick    # about half a minute
 
-Timings are medians of repeats; machines are shared and noisy, so only the ratios mean anything.
-Sections:
-  1. big parameters: one 10M-element float32 parameter, fused (torch.compile) chain step vs the
-     memory-traffic floor (bytes that must move / in-place bandwidth measured here), vs torch's
-     fused kernels where they exist, vs torch.optim's default CPU path;
+Timings are medians of repeats; machines are shared and noisy (memory bandwidth here swings
+2x from one moment to the next), so only the ratios mean anything, and times compared closely
+are taken in turn.  Sections:
+  1. big parameters: one 10M-element float32 parameter, fused chain step (torch's native fused
+     kernel or torch.compile) vs the memory-traffic floor (bytes that must move at the in-place
+     bandwidth probed in turn with it), vs torch's fused kernels where they exist, vs
+     torch.optim's default CPU path;
   2. eager path: gdzoo without fusion vs torch.optim's default, on 1x10M, 1000x10k and 2x1;
   3. engine overhead: a `gdzoo run` step vs the tutorial-style loop with torch.optim;
-  4. batched studies: a 100-value learning-rate sweep, batched vs 100 separate runs;
+  4. batched studies: 100-value learning-rate sweeps, batched vs 100 separate runs, in float64
+     and float32;
   5. scaling: time against parameter count, number of tensors and configurations.
 """
 
@@ -299,7 +302,7 @@ def scaling(sizes: list[int], tensors: list[int], configs: list[int], repeats: i
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer repeats and sizes: about a minute")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, sizes and epochs: about half a minute")
     parser.add_argument("--only", choices=["big", "eager", "engine", "batched", "scaling"], action="append",
                         help="run only these sections")
     parser.add_argument("--format", default="github", help="tabulate format of the tables")
