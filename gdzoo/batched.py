@@ -21,8 +21,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from .ops import Scratch
 from .engine import Budget, RunResult, Setup, _finish, _squeeze, epoch_batches, evaluate, flush_denormals
+from .ops import Scratch
 from .registry import Registry
 from .spec import Hyper
 
@@ -274,6 +274,7 @@ def train_batched(spec: str, setups: Sequence[Setup], seeds: Sequence[int],
         epochs_hist = steps_hist
     else:
         epochs_hist = torch.stack(epoch_losses) if epoch_losses else torch.zeros(0, K, dtype=torch.float64)
+
     def load(k: int) -> Setup:
         """Configuration k's final parameters, in its module (configurations of one seed share one)."""
         with torch.no_grad():
@@ -362,7 +363,8 @@ def linear_with_grad(module: nn.Module, loss_fn):
     in scratch tensors kept from step to step.  f returns None if the loss has no closed form;
     linear_with_grad returns None for other models.  Forward and gradients are autograd's own:
     the stacked forward's GEMM, nn.Linear's ``grad_weight = g @ X``, ``grad_bias = g.sum()``."""
-    if not (isinstance(module, nn.Linear) and module.out_features == 1):
+    closed_form = getattr(loss_fn, "batched_with_grad", None)
+    if not (isinstance(module, nn.Linear) and module.out_features == 1) or closed_form is None:
         return None
     scratch = Scratch()
     column_major: list = [None, None]  # shared data and its column-major copy: g @ X runs 2-3x faster
@@ -378,7 +380,7 @@ def linear_with_grad(module: nn.Module, loss_fn):
                 z = torch.bmm(X, w.transpose(1, 2), out=scratch("z", (K, X.shape[1], 1), X.dtype)).squeeze(-1)
             if bias is not None:
                 z.add_(bias.detach().view(K, 1))
-            pair = loss_fn.batched_with_grad(z, y, scratch)
+            pair = closed_form(z, y, scratch)
             if pair is None:
                 return None
             losses, g = pair

@@ -12,8 +12,8 @@ mode chooses between a subgradient and a proximal step); ``ctx.stage`` tells it 
 So ``adam+clip_norm`` and ``clip_norm+adam`` are the same optimizer: the clip always sees the
 gradient before Adam does.  Transforms never write into ``p.grad``: a transform that changes
 the gradient writes into a per-parameter scratch buffer (``ctx.buffer``), allocated once.  (The
-one exception is opt-in: under ``fused=True`` a clip folded into torch's fused Adam kernel leaves
-the clipped gradient in ``p.grad``, as ``torch.nn.utils.clip_grad_norm_`` does.)
+one exception is opt-in: under ``fused=True`` a clip folded into torch's fused Adam or SGD kernel
+leaves the clipped gradient in ``p.grad``, as ``torch.nn.utils.clip_grad_norm_`` does.)
 
 State lives in ``optimizer.state[p]`` so that ``state_dict()`` works.  The update transform
 owns the top level of that dict with torch.optim's key names (``exp_avg``, ``momentum_buffer``...);
@@ -53,14 +53,30 @@ class Transform:
     hyperparameters: ClassVar[tuple[Hyper, ...]] = ()
     stage: ClassVar[str | tuple[str, ...]] = "grad"
     stateful: ClassVar[bool] = False
-    # A stateless grad-stage transform whose work a native fused update kernel can do in its own
-    # pass names that work here ("grad_scale": one factor per group dividing every grad;
-    # "weight_decay": grad += weight * param) and returns its per-group values from fold_values().
+    # Optional, for Chain(fused=True).  An update transform with a torch fused kernel sets
+    # ``native`` (True: use it always; "whole": only when it does the whole chain) and the folds
+    # its kernel can do, in the kernel's order, and implements can_fold() and native_step().
+    native: ClassVar[bool | str] = False
+    native_folds: ClassVar[tuple[str, ...]] = ()
+    # A stateless grad-stage transform whose work such a kernel can do in its own pass names that
+    # work ("grad_scale": one factor per group dividing every grad; "weight_decay": grad +=
+    # weight * param) and returns its per-group values from fold_values().
     fold: ClassVar[str | None] = None
 
     def fold_values(self, groups: list["GroupView"], ctx: "Chain") -> list[Any]:
         """This step's value of ``fold`` for every group (None: nothing to do in that group)."""
         raise NotImplementedError(f"transform {self.name!r} declares fold={self.fold!r} but no fold_values()")
+
+    def can_fold(self, params: list[torch.Tensor], hp: dict[str, Any], kinds: set[str],
+                 states: list[dict] | None = None) -> bool:
+        """Whether :meth:`native_step` can do this group, with the folds ``kinds``, exactly as the
+        chain's eager transforms would."""
+        return False
+
+    def native_step(self, params: list[torch.Tensor], grads: list[torch.Tensor], states: list[dict],
+                    hp: dict[str, Any], **folds: Any) -> None:
+        """One step of this group in torch's fused kernel, with the folded transforms' values."""
+        raise NotImplementedError(f"transform {self.name!r} declares native={self.native!r} but no native_step()")
 
     def check(self, hp: dict[str, Any]) -> None:
         """Raise ValueError (torch's wording where torch has one) if ``hp`` is invalid."""
@@ -125,9 +141,8 @@ class Chain(torch.optim.Optimizer):
     grad-stage transforms the kernel can do for it (``Transform.fold``: clip_norm as its gradient
     scale, l2 as its weight decay) run inside that kernel, so that ``adam+clip_norm+l2`` is one
     norm pass and one update pass; other transforms run eagerly before it.  Otherwise every step
-    after the first runs the
-    whole chain as one ``torch.compile``d function (Inductor fuses it into a pass or two over
-    memory): worth its compile time (seconds) for large parameters.  The learning rate enters as
+    after the first runs the whole chain as one ``torch.compile``d function (Inductor fuses it
+    into a pass or two over memory): worth its compile time (seconds) for large parameters.  The learning rate enters as
     data, so schedulers do not recompile it; other hyperparameters are compiled in as constants
     (changing them recompiles).
     """
@@ -155,7 +170,7 @@ class Chain(torch.optim.Optimizer):
         self.fused = fused  # run steps (after the first) as one torch.compile'd function...
         # ...unless the optimizer has a native fused kernel: Adam's (native = True) beats Inductor's
         # code even beside eager transforms; SGD's (native = "whole") only when it does the whole chain
-        kind = getattr(updates[0].transform, "native", False)
+        kind = updates[0].transform.native
         plan = self._fold_plan()
         self.native = fused and not batch and (kind is True or (kind == "whole" and plan is not None))
         self._folds = plan if self.native else None
@@ -180,7 +195,7 @@ class Chain(torch.optim.Optimizer):
         gradient, then add weight decay); the chain's grad stage must ask for them in that order.
         """
         update = next(link for link in self.links if link.stages == ("update",))
-        accepts = tuple(getattr(update.transform, "native_folds", ()))
+        accepts = update.transform.native_folds
         others = [link for _, link in self.schedule if link is not update]
         kinds = [link.transform.fold for link in others]
         if any(link.stages != ("grad",) or link.transform.stateful for link in others) \

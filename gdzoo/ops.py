@@ -85,7 +85,6 @@ def divide(a: Any, b: Any) -> Any:
     return a / b
 
 
-
 class Scratch:
     """Named tensors reused from one training step to the next.
 

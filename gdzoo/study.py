@@ -139,15 +139,16 @@ def execute(problem, trials: Sequence[Trial], *, epochs=None, steps=None, batch_
         groups.setdefault(key, []).append(trial)
     for group in groups.values():  # every spec and value is checked before the first run starts
         _validate(group, registry, dtype)
+
+    def make(seed: int):
+        nonlocal problem_obj
+        s = setup(problem_obj or problem, seed=seed, dtype=dtype, registry=registry,
+                  model=model, loss=loss, data=data)
+        problem_obj = s.problem or problem_obj
+        return s
+
     for group in groups.values():
         try:
-            def make(seed: int):
-                nonlocal problem_obj
-                s = setup(problem_obj or problem, seed=seed, dtype=dtype, registry=registry,
-                          model=model, loss=loss, data=data)
-                problem_obj = s.problem or problem_obj
-                return s
-
             by_seed = {}  # one set-up per seed: a batch's configurations of one seed start alike
             for trial in group:
                 if trial.seed not in by_seed:
