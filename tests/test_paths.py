@@ -654,6 +654,16 @@ def test_batched_linear_models_train_by_hand_where_the_loss_has_a_closed_form(pr
     assert_same_runs(batched, alone, k=3, rel=PURCHASE_TOL["float64"])
 
 
+@pytest.mark.parametrize("problem,batch_size", [("linear:n=60", None), ("purchase:n=120", None),
+                                                ("purchase:n=120", 32)])
+def test_batched_mlps_match_the_separate_runs(problem, batch_size):
+    """MLPs train through autograd on the stacked forward pass (the closed-form loss as one node)."""
+    kw = dict(dtype="float64", epochs=8, model="mlp:hidden=8/4,activation=tanh", batch_size=batch_size, seeds=2)
+    batched = gdzoo.sweep("adam", {"lr": [0.001, 0.01, 0.1]}, problem, **kw)
+    alone = gdzoo.sweep("adam", {"lr": [0.001, 0.01, 0.1]}, problem, batched=False, **kw)
+    assert_same_runs(batched, alone, k=6, rel=PURCHASE_TOL["float64"])
+
+
 def test_an_lr_beyond_float32_is_an_error_in_both_paths():
     """An lr the parameters' dtype cannot hold is bad input, named as such, batched or not."""
     for batched in (True, False):
