@@ -87,15 +87,15 @@ def roc_auc_rows(scores: torch.Tensor, positive: torch.Tensor) -> list[float]:
     K, n = scores.shape
     ordered, order = scores.sort(dim=1)
     # Tied scores share the average of their 1-based ranks, (first + last) / 2: exact in float64.
-    position = torch.arange(n).expand(K, n)
+    # Groups of ties, numbered across all rows (each row starts a group, so none spans two rows):
     starts = torch.ones(K, n, dtype=torch.bool)
     starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
-    ends = torch.ones(K, n, dtype=torch.bool)
-    ends[:, :-1] = starts[:, 1:]
-    first = torch.where(starts, position, 0).cummax(dim=1).values
-    last = torch.where(ends, position, n).flip(1).cummin(dim=1).values.flip(1)
-    ranks = torch.empty(K, n, dtype=torch.float64).scatter_(1, order, (first + last + 2).double() / 2)
-    rank_sum = ranks[:, positive].sum(1)
+    starts = starts.reshape(-1)
+    group = starts.cumsum(0) - 1  # the group of each sorted element
+    first = starts.nonzero().squeeze(1)  # where each group starts
+    last = torch.cat([first[1:] - 1, torch.tensor([K * n - 1])])
+    average = ((first % n) + (last % n) + 2).double() / 2
+    rank_sum = (average[group].view(K, n) * positive[order]).sum(1)
     return ((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)).tolist()
 
 
