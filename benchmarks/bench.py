@@ -28,17 +28,19 @@ import sys
 import time
 import warnings
 
-import torch
-from torch import nn
-from tabulate import tabulate
-
-import gdzoo
-from gdzoo import engine, study
-
-warnings.filterwarnings("ignore")
+# Set before torch is imported: Inductor reads them once.
 os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
 # No pool of compile workers idling beside the measurements (they start with the first compile)
 os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from tabulate import tabulate  # noqa: E402
+
+import gdzoo  # noqa: E402
+from gdzoo import engine, study  # noqa: E402
+
+warnings.filterwarnings("ignore")
 
 # spec -> (torch constructor for the same configuration or None, extra bytes/element beyond grad+param,
 #          torch fused kernel available)
