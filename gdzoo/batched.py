@@ -3,10 +3,13 @@
 Configurations that share a problem, a model family, a chain and batching differ only in their
 numbers (learning rate, momentum...) and seeds.  Their parameters are stacked along a leading
 dimension of size K (``torch.func.stack_module_state``), the loss of all K is computed in one
-vectorised pass (``torch.func.vmap``), and the chain steps all K at once with per-configuration
-hyperparameters as [K] tensors (``Chain(batch=K)``).  Each configuration keeps its own stop rules:
-one that converges, reaches its target or diverges is frozen at that step (its parameters are
-kept aside) and never disturbs the others.  Every configuration's result equals its separate run.
+vectorised pass, and the chain steps all K at once with per-configuration hyperparameters as [K]
+tensors (``Chain(batch=K)``).  The vectorised pass, fastest first: a linear model with a loss
+that has a closed-form gradient needs no autograd (:func:`linear_with_grad`); linear layers and
+MLPs run a stacked forward with GEMMs (:func:`stacked_forward`); any other module goes through
+``torch.func.vmap``.  Each configuration keeps its own stop rules: one that converges, reaches
+its target or diverges is frozen at that step (its parameters are kept aside) and never disturbs
+the others.  Every configuration's result equals its separate run.
 """
 
 from __future__ import annotations
