@@ -85,6 +85,20 @@ def divide(a: Any, b: Any) -> Any:
     return a / b
 
 
+def native_foldable(params: list[Tensor], hp: dict[str, Any], kinds: set[str], own_decay: Any) -> bool:
+    """What torch's fused Adam and SGD kernels need to do a group exactly as a chain's eager
+    transforms would, with the folds ``kinds``: one device and dtype per call and plain-number
+    hyperparameters; for a folded clip (``grad_scale``), float32 (the kernel's scale is one); for
+    a folded l2 (``weight_decay``), no decay of the optimizer's own (``own_decay``: that would be
+    a second addition) and no maximize (the kernel adds the decay after negating the gradient,
+    a chain's l2 comes before)."""
+    if len({(p.device, p.dtype) for p in params}) != 1 or any(isinstance(v, Tensor) for v in hp.values()):
+        return False
+    if "grad_scale" in kinds and params[0].dtype != torch.float32:
+        return False
+    return "weight_decay" not in kinds or not (own_decay or hp["maximize"])
+
+
 class Scratch:
     """Named tensors reused from one training step to the next.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from gdzoo import Hyper, Transform, checks, hookimpl, step_counter
-from gdzoo.ops import add, addcdiv_, addcmul_, divide, nonzero, per, power
+from gdzoo.ops import add, addcdiv_, addcmul_, divide, native_foldable, nonzero, per, power
 
 
 def _init_state(param, state: dict, amsgrad: bool) -> None:
@@ -43,7 +43,7 @@ class Adam(Transform):
     native_folds = ("grad_scale", "weight_decay")  # what the kernel can do for clip_norm and l2, in its order
 
     def update(self, params, grads, states, hp, ctx):
-        if getattr(ctx, "native", False) and self._native_ok(params, hp):
+        if getattr(ctx, "native", False) and self.can_fold(params, hp, set()):
             self.native_step(params, grads, states, hp)
             return
         lr, (beta1, beta2), eps = hp["lr"], hp["betas"], hp["eps"]
@@ -80,22 +80,9 @@ class Adam(Transform):
             addcdiv_(param, exp_avg, denom, per(-step_size, param), scratch=ctx.buffer(param) if ctx.batch else None)
 
 
-    @staticmethod
-    def _native_ok(params, hp) -> bool:
-        """torch's fused kernel takes one device and dtype per call and plain-number hyperparameters."""
-        return len({(p.device, p.dtype) for p in params}) == 1 and not any(isinstance(v, torch.Tensor)
-                                                                           for v in hp.values())
-
     def can_fold(self, params, hp, kinds: set[str], states=None) -> bool:
-        """Whether :meth:`native_step` can do the folds ``kinds`` for this group exactly as the chain would."""
-        if not self._native_ok(params, hp):
-            return False
-        if "grad_scale" in kinds and params[0].dtype != torch.float32:  # the kernel's scale is a float32
-            return False
-        # The kernel adds weight decay after negating for maximize; a chain's l2 comes before Adam
-        # negates.  And a second, Adam's own, coupled decay would be a second addition.
-        return "weight_decay" not in kinds or not (hp["weight_decay"] or hp["decoupled_weight_decay"]
-                                                   or hp["maximize"])
+        """Whether :meth:`native_step` can do this group, with the folds ``kinds``, as the chain would."""
+        return native_foldable(params, hp, kinds, own_decay=hp["weight_decay"] or hp["decoupled_weight_decay"])
 
     def native_step(self, params, grads, states, hp, grad_scale=None, weight_decay=None) -> None:
         """torch._fused_adam(w)_ over the whole group, as torch.optim.Adam(fused=True) runs it.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from gdzoo import Hyper, Transform, checks, hookimpl
-from gdzoo.ops import add, add_, nonzero, per
+from gdzoo.ops import add, add_, native_foldable, nonzero, per
 
 
 class SGD(Transform):
@@ -70,16 +70,10 @@ class SGD(Transform):
 
     def can_fold(self, params, hp, kinds: set[str], states=None) -> bool:
         """Whether :meth:`native_step` can do this group, with the folds ``kinds``, as the chain would."""
-        if len({(p.device, p.dtype) for p in params}) != 1 or any(isinstance(v, torch.Tensor) for v in hp.values()):
-            return False
         if states is not None and hp["momentum"] != 0:  # the kernel starts all buffers or none
             if len({"momentum_buffer" in state for state in states}) > 1:
                 return False
-        if "grad_scale" in kinds and params[0].dtype != torch.float32:  # the kernel's scale is a float32
-            return False
-        # The kernel adds weight decay after negating for maximize; a chain's l2 comes before SGD
-        # negates.  And a second, SGD's own, decay would be a second addition.
-        return "weight_decay" not in kinds or not (hp["weight_decay"] or hp["maximize"])
+        return native_foldable(params, hp, kinds, own_decay=hp["weight_decay"])
 
     def native_step(self, params, grads, states, hp, grad_scale=None, weight_decay=None) -> None:
         """torch._fused_sgd_ over the whole group, as torch.optim.SGD(fused=True) runs it.

@@ -266,36 +266,10 @@ NOT_FOLDABLE = [  # each equals its eager run all the same: the grad stage runs 
 ]
 
 
-@pytest.mark.parametrize("spec", FOLDABLE)
-def test_fused_native_kernels_do_clip_norm_and_l2_in_their_own_pass(spec, dynamo):
-    """Under fused=True, clip_norm and l2 become the kernel's grad_scale and weight_decay: one
-    kernel call per step, no eager transform, the eager numbers; p.grad ends clipped, as after
-    torch's clip_grad_norm_."""
-    dtype, lr, sign = F32, LR[optimizer_name(spec)], sign_of(spec)
-    fused = start(dtype)
-    opt = registry().optimizer(spec, fused, fused=True, lr=lr)
-    kernel = native_kernel(spec)
-    original, calls = getattr(torch, kernel), []
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(torch, kernel, lambda *a, **k: calls.append(k) or original(*a, **k))
-        for name in ("clip_norm", "l2"):  # the eager transforms must not run
-            mp.setattr(gdzoo.get("transform", name).obj, "step",
-                       lambda *a, **k: pytest.fail("an eager transform ran"))
-        train(opt, fused, dtype, sign=sign)
-    assert len(calls) == STEPS and not dynamo["stats"]
-    assert (calls[0]["grad_scale"] is not None) == ("clip_norm" in spec)
-    if "l2" in spec:
-        assert calls[0]["weight_decay"] == 0.01
-    eager = start(dtype)
-    train(registry().optimizer(spec, eager, lr=lr), eager, dtype, sign=sign)
-    assert_moved(eager, dtype)
-    assert_close(fused, eager, dtype, f"{spec} folded vs eager")
-    if "clip_norm" in spec:
-        assert float(torch._foreach_norm([p.grad for p in fused])[0].norm()) <= 0.5 * (1 + 1e-5)
-
-
-@pytest.mark.parametrize("spec,dtype", NOT_FOLDABLE, ids=[s for s, _ in NOT_FOLDABLE])
-def test_fused_chains_that_cannot_fold_run_the_grad_stage_eagerly(spec, dtype, dynamo):
+def train_native(spec, dtype, forbid=()):
+    """Train ``spec`` fused, recording the keywords of every native kernel call and failing if
+    a transform in ``forbid`` runs eagerly; check it against the eager run.  Returns the fused
+    parameters and the calls."""
     lr, sign = LR[optimizer_name(spec)], sign_of(spec)
     fused = start(dtype)
     opt = registry().optimizer(spec, fused, fused=True, lr=lr)
@@ -303,12 +277,36 @@ def test_fused_chains_that_cannot_fold_run_the_grad_stage_eagerly(spec, dtype, d
     original, calls = getattr(torch, kernel), []
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(torch, kernel, lambda *a, **k: calls.append(k) or original(*a, **k))
+        for name in forbid:
+            mp.setattr(gdzoo.get("transform", name).obj, "step",
+                       lambda *a, _name=name, **k: pytest.fail(f"{_name} ran eagerly"))
         train(opt, fused, dtype, sign=sign)
-    assert len(calls) == STEPS and all(k["grad_scale"] is None for k in calls)
+    assert len(calls) == STEPS
     eager = start(dtype)
     train(registry().optimizer(spec, eager, lr=lr), eager, dtype, sign=sign)
     assert_moved(eager, dtype)
     assert_close(fused, eager, dtype, f"{spec} fused vs eager")
+    return fused, calls
+
+
+@pytest.mark.parametrize("spec", FOLDABLE)
+def test_fused_native_kernels_do_clip_norm_and_l2_in_their_own_pass(spec, dynamo):
+    """Under fused=True, clip_norm and l2 become the kernel's grad_scale and weight_decay: one
+    kernel call per step, no eager transform, the eager numbers; p.grad ends clipped, as after
+    torch's clip_grad_norm_."""
+    fused, calls = train_native(spec, F32, forbid=("clip_norm", "l2"))
+    assert not dynamo["stats"]
+    assert (calls[0]["grad_scale"] is not None) == ("clip_norm" in spec)
+    if "l2" in spec:
+        assert calls[0]["weight_decay"] == 0.01
+    if "clip_norm" in spec:
+        assert float(torch._foreach_norm([p.grad for p in fused])[0].norm()) <= 0.5 * (1 + 1e-5)
+
+
+@pytest.mark.parametrize("spec,dtype", NOT_FOLDABLE, ids=[s for s, _ in NOT_FOLDABLE])
+def test_fused_chains_that_cannot_fold_run_the_grad_stage_eagerly(spec, dtype, dynamo):
+    _, calls = train_native(spec, dtype)
+    assert all(k["grad_scale"] is None for k in calls)
 
 
 @pytest.mark.parametrize("spec", ["sgd:momentum=0.9+l1:weight=0.01", "nesterov+weight_decay:weight=0.01"])
