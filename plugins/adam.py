@@ -79,7 +79,6 @@ class Adam(Transform):
             denom.div_(per(bias_correction2_sqrt, param)).add_(e)
             addcdiv_(param, exp_avg, denom, per(-step_size, param), scratch=ctx.buffer(param) if ctx.batch else None)
 
-
     def can_fold(self, params, hp, kinds: set[str], states=None) -> bool:
         """Whether :meth:`native_step` can do this group, with the folds ``kinds``, as the chain would."""
         return native_foldable(params, hp, kinds, own_decay=hp["weight_decay"] or hp["decoupled_weight_decay"])

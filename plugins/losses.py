@@ -78,11 +78,10 @@ class MSE(_Elementwise):
     """Mean squared error: mean((prediction - target)²), torch.nn.functional.mse_loss."""
 
     name = "mse"
+    closed_form = True
 
     def compute(self, prediction, target, reduction="mean"):
         return F.mse_loss(prediction, target, reduction=reduction)
-
-    closed_form = True
 
     def rows_and_grad(self, prediction, target, scratch=None):  # mean((x - t)²); (x - t) * (2 / n)
         shape, dtype = prediction.shape, prediction.dtype
@@ -119,11 +118,10 @@ class BCE(_Elementwise):
 
     name = "bce"
     hint = "bce needs one logit per row (binary targets); use cross_entropy for more than 2 classes"
+    closed_form = True
 
     def compute(self, prediction, target, reduction="mean"):
         return F.binary_cross_entropy_with_logits(prediction, target, reduction=reduction)
-
-    closed_form = True
 
     def rows_and_grad(self, prediction, target, scratch=None):  # (1 - t) x - log_sigmoid(x); (sigmoid(x) - t) / n
         x = prediction.contiguous()  # log_sigmoid is 6x slower on a transposed layout

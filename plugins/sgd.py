@@ -67,7 +67,6 @@ class SGD(Transform):
             else:
                 param.add_(grad, alpha=s)
 
-
     def can_fold(self, params, hp, kinds: set[str], states=None) -> bool:
         """Whether :meth:`native_step` can do this group, with the folds ``kinds``, as the chain would."""
         if states is not None and hp["momentum"] != 0:  # the kernel starts all buffers or none
