@@ -32,7 +32,7 @@ class Adagrad(Transform):
     def update(self, params, grads, states, hp, ctx):
         lr, lr_decay, weight_decay, eps = hp["lr"], hp["lr_decay"], hp["weight_decay"], hp["eps"]
         decay = nonzero(weight_decay)
-        e = eps  # a number; batched: shaped per parameter
+        e = eps  # a number; batched, a [K] tensor shaped for each parameter
         for param, grad, state in zip(params, grads, states):
             if ctx.batch:
                 e = per(eps, param)

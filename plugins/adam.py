@@ -50,10 +50,11 @@ class Adam(Transform):
         weight_decay, amsgrad, maximize = hp["weight_decay"], hp["amsgrad"], hp["maximize"]
         decoupled = hp["decoupled_weight_decay"]
         decay = nonzero(weight_decay)
-        keep1, b2, keep2, e = 1 - beta1, beta2, 1 - beta2, eps  # numbers; batched: shaped per parameter
+        factors = (1 - beta1, beta2, 1 - beta2, eps)
+        keep1, b2, keep2, e = factors  # numbers; batched, [K] tensors shaped for each parameter
         for param, grad, state in zip(params, grads, states):
             if ctx.batch:
-                keep1, b2, keep2, e = (per(v, param) for v in (1 - beta1, beta2, 1 - beta2, eps))
+                keep1, b2, keep2, e = (per(v, param) for v in factors)
             _init_state(param, state, amsgrad)
             if maximize:
                 grad = torch.neg(grad, out=ctx.buffer(param))

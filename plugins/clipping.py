@@ -25,7 +25,7 @@ class ClipNorm(Transform):
         if not (hp["norm_type"] > 0 or math.isinf(hp["norm_type"])):
             raise ValueError(f"Invalid norm_type value: {hp['norm_type']} (must be > 0 or inf)")
 
-    fold = "grad_scale"  # under fused=True, torch's fused Adam divides the grads by 1/coefficient
+    fold = "grad_scale"  # under fused=True, torch's fused Adam or SGD divides the grads by 1/coefficient
 
     def coefficients(self, groups, ctx, dot: bool = False) -> list[torch.Tensor]:
         """Each group's clip coefficient min(1, max_norm / (norm + 1e-6)), as clip_grad_norm_ computes it.

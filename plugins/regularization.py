@@ -25,7 +25,7 @@ class L2(Transform):
         for i, (param, grad) in enumerate(zip(params, grads)):
             grads[i] = add(grad, param, per(weight, param), out=ctx.buffer(param))
 
-    fold = "weight_decay"  # under fused=True, torch's fused Adam adds it as its own coupled decay
+    fold = "weight_decay"  # under fused=True, torch's fused Adam or SGD adds it as its own coupled decay
 
     def fold_values(self, groups, ctx):
         return [g.hp["weight"] if nonzero(g.hp["weight"]) else None for g in groups]

@@ -36,10 +36,11 @@ class RMSprop(Transform):
         lr, alpha, eps, weight_decay = hp["lr"], hp["alpha"], hp["eps"], hp["weight_decay"]
         momentum, centered = hp["momentum"], hp["centered"]
         decay, heavy = nonzero(weight_decay), nonzero(momentum)
-        a, keep, e, m, step = alpha, 1 - alpha, eps, momentum, -lr  # numbers; batched: shaped per parameter
+        factors = (alpha, 1 - alpha, eps, momentum, -lr)
+        a, keep, e, m, step = factors  # numbers; batched, [K] tensors shaped for each parameter
         for param, grad, state in zip(params, grads, states):
             if ctx.batch:
-                a, keep, e, m, step = (per(v, param) for v in (alpha, 1 - alpha, eps, momentum, -lr))
+                a, keep, e, m, step = (per(v, param) for v in factors)
             if "step" not in state:
                 state["step"] = step_counter()
                 state["square_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
