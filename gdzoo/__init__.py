@@ -10,15 +10,22 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from . import checks
-from .chain import STAGES, Chain, GroupView, Link, Transform, step_counter
+import sys
+
+from .optim import checks, ops
+from .optim.chain import Chain
+from .optim.transform import STAGES, GroupView, Link, StepContext, Transform, step_counter
 from .errors import GdzooError, PluginError, SpecError, UnknownComponent
-from .hookspecs import hookimpl
-from .registry import KINDS, Component, Registry, default_registry
-from .spec import Hyper
+from .plugins.hookspecs import hookimpl
+from .plugins.registry import KINDS, Component, Registry, default_registry
+from .optim.spec import Hyper
 from .engine import RunResult, run
 from .problem import Dataset, Loss, Model, Optimum, Problem
 from .study import Study, compare, sweep
+
+# Plugin authors import the helpers as ``gdzoo.ops`` and ``gdzoo.checks`` (the README's names).
+sys.modules.setdefault(__name__ + ".ops", ops)
+sys.modules.setdefault(__name__ + ".checks", checks)
 
 __all__ = [
     "Chain", "Component", "Dataset", "Loss", "Model", "Optimum", "Problem", "RunResult", "Study",

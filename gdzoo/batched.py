@@ -25,9 +25,9 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from .engine import Budget, RunResult, Setup, _finish, _squeeze, epoch_batches, evaluate, flush_denormals
-from .ops import Scratch
-from .registry import Registry
-from .spec import Hyper
+from .optim.ops import Scratch
+from .plugins.registry import Registry
+from .optim.spec import Hyper
 
 
 def batch_key(spec: str, overrides: dict[str, Any], registry: Registry) -> tuple:

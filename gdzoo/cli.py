@@ -8,8 +8,8 @@ import click
 
 from . import output
 from .errors import GdzooError, SpecError, UnknownComponent
-from .registry import KINDS, default_registry
-from .spec import format_value
+from .plugins.registry import KINDS, default_registry
+from .optim.spec import format_value
 from . import engine, study
 
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from .errors import GdzooError
 from .problem import Dataset, Problem
-from .registry import Registry, default_registry
+from .plugins.registry import Registry, default_registry
 
 STATUSES = ("converged", "target", "budget", "diverged", "interrupted")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .spec import Hyper
+from .optim.spec import Hyper
 
 TASKS = ("regression", "classification", "function")
 

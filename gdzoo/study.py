@@ -16,8 +16,8 @@ from .batched import batch_key, can_batch, train_batched
 from .engine import RunResult, build_problem, make_budget, resolve_dtype, setup, train
 from .errors import GdzooError, SpecError
 from .output import render
-from .registry import Registry, default_registry
-from .spec import format_value
+from .plugins.registry import Registry, default_registry
+from .optim.spec import format_value
 
 
 @dataclass(frozen=True)

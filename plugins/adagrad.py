@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from gdzoo import Hyper, Transform, checks, hookimpl, step_counter
-from gdzoo.ops import add, addcdiv_, divide, nonzero, per
+from gdzoo.ops import add, addcdiv_, divide, nonzero, per, step_number
 
 
 class Adagrad(Transform):
@@ -29,6 +29,8 @@ class Adagrad(Transform):
         checks.nonnegative("initial_accumulator_value", hp["initial_accumulator_value"])
         checks.nonnegative("epsilon", hp["eps"])
 
+    supports = ("batched", "complex", "sparse")
+
     def update(self, params, grads, states, hp, ctx):
         lr, lr_decay, weight_decay, eps = hp["lr"], hp["lr_decay"], hp["weight_decay"], hp["eps"]
         decay = nonzero(weight_decay)
@@ -43,12 +45,21 @@ class Adagrad(Transform):
                     if isinstance(init, torch.Tensor) else torch.full_like(param, init, memory_format=torch.preserve_format)
             state_sum, step_t = state["sum"], state["step"]
             step_t += 1
-            step = step_t.double() if torch.compiler.is_compiling() else step_t.item()
+            step = step_number(step_t)
             if hp["maximize"]:
                 grad = torch.neg(grad, out=ctx.buffer(param))
             if decay:
+                if grad.is_sparse:
+                    raise RuntimeError("weight_decay option is not compatible with sparse gradients")
                 grad = add(grad, param, per(weight_decay, param), out=ctx.buffer(param))
             clr = divide(lr, 1 + (step - 1) * lr_decay)
+            if grad.is_sparse:  # only the rows the gradient touches, as torch.optim.Adagrad does
+                grad = grad.coalesce()  # the update is not linear: indices must be unique
+                indices, values = grad._indices(), grad._values()
+                state_sum.add_(torch.sparse_coo_tensor(indices, values.pow(2), grad.size()))
+                std_values = state_sum.sparse_mask(grad)._values().sqrt_().add_(eps)
+                param.add_(torch.sparse_coo_tensor(indices, values / std_values, grad.size()), alpha=-clr)
+                continue
             state_sum.addcmul_(grad, grad, value=1)
             std = torch.sqrt(state_sum, out=ctx.buffer(param, "denom")).add_(e)
             addcdiv_(param, grad, std, per(-clr, param), scratch=ctx.buffer(param, "batch") if ctx.batch else None)

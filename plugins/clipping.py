@@ -25,6 +25,7 @@ class ClipNorm(Transform):
         if not (hp["norm_type"] > 0 or math.isinf(hp["norm_type"])):
             raise ValueError(f"Invalid norm_type value: {hp['norm_type']} (must be > 0 or inf)")
 
+    supports = ("batched", "complex")
     fold = "grad_scale"  # under fused=True, torch's fused Adam or SGD divides the grads by 1/coefficient
 
     def coefficients(self, groups, ctx, dot: bool = False) -> list[torch.Tensor]:
@@ -72,6 +73,8 @@ class ClipValue(Transform):
     name = "clip_value"
     stage = "grad"
     hyperparameters = (Hyper("clip_value", 1.0, "float", "largest allowed absolute gradient element, > 0"),)
+
+    supports = ("batched",)
 
     def check(self, hp):
         checks.positive("clip_value", hp["clip_value"])

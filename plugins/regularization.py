@@ -15,6 +15,8 @@ class L2(Transform):
     stage = "grad"
     hyperparameters = (Hyper("weight", 1e-4, "float", "penalty weight; adds weight/2 * ||param||^2 to the loss"),)
 
+    supports = ("batched", "complex")
+
     def check(self, hp):
         checks.nonnegative("weight", hp["weight"])
 
@@ -37,6 +39,7 @@ class WeightDecay(Transform):
     name = "weight_decay"
     stage = "pre"
     hyperparameters = (Hyper("weight", 1e-2, "float", "decay rate, multiplied by the optimizer's lr"),)
+    supports = ("batched", "complex")
 
     def check(self, hp):
         checks.nonnegative("weight", hp["weight"])
@@ -63,6 +66,7 @@ class L1(Transform):
         Hyper("weight", 1e-4, "float", "penalty weight"),
         Hyper("mode", "subgradient", "str", "subgradient or prox", choices=("subgradient", "prox")),
     )
+    supports = ("batched",)
 
     def check(self, hp):
         checks.nonnegative("weight", hp["weight"])

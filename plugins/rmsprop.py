@@ -32,6 +32,8 @@ class RMSprop(Transform):
         checks.nonnegative("alpha", hp["alpha"])
         checks.unit_interval("alpha", hp["alpha"])
 
+    supports = ("batched", "complex")
+
     def update(self, params, grads, states, hp, ctx):
         lr, alpha, eps, weight_decay = hp["lr"], hp["alpha"], hp["eps"], hp["weight_decay"]
         momentum, centered = hp["momentum"], hp["centered"]

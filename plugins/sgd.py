@@ -31,13 +31,12 @@ class SGD(Transform):
         if hp["nesterov"] and (hp["momentum"] <= 0 or hp["dampening"] != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
 
-    native = "whole"  # Chain(fused=True): torch's fused kernel when it does the whole chain, else compiled
-    native_folds = ("grad_scale", "weight_decay")  # what the kernel can do for clip_norm and l2, in its order
+    supports = ("batched", "complex", "sparse")
+    # Chain(fused=True) runs torch's fused CPU kernel (native_step) when it can do the whole chain
+    # (clip_norm and l2 folded in, in this order); beside other transforms the chain is compiled.
+    native_folds = ("grad_scale", "weight_decay")
 
     def update(self, params, grads, states, hp, ctx):
-        if getattr(ctx, "native", False) and self.can_fold(params, hp, set(), states):
-            self.native_step(params, grads, states, hp)
-            return
         lr, momentum, dampening = hp["lr"], hp["momentum"], hp["dampening"]
         weight_decay, nesterov, maximize = hp["weight_decay"], hp["nesterov"], hp["maximize"]
         decay, heavy = nonzero(weight_decay), nonzero(momentum)  # per group, not per tensor

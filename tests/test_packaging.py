@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from gdzoo.plugins import BUILTIN_PLUGINS
+from gdzoo.plugins.manager import BUILTIN_PLUGINS
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD_TIMEOUT_S = 60
@@ -62,7 +62,10 @@ def test_wheel_contents(wheel):
     assert "gdzoo/__init__.py" in names
     assert "gdzoo/__main__.py" in names
     assert "gdzoo/cli.py" in names
-    assert "gdzoo/hookspecs.py" in names
+    assert "gdzoo/plugins/hookspecs.py" in names
+    source = Path(__file__).resolve().parents[1] / "gdzoo"
+    for module in source.rglob("*.py"):  # every subpackage is listed in pyproject.toml
+        assert f"gdzoo/{module.relative_to(source).as_posix()}" in names, module
     assert "gdzoo/default_plugins/__init__.py" in names
     assert "gdzoo/default_plugins/sgd.py" in names
     for name in BUILTIN_PLUGINS:  # every built-in plugin the plugin manager loads

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import gdzoo
-from gdzoo.spec import format_value
+from gdzoo.optim.spec import format_value
 
 
 STEPS = 100

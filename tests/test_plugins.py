@@ -21,9 +21,9 @@ import torch
 from click.testing import CliRunner
 
 import gdzoo
-from gdzoo import hookspecs
+from gdzoo.plugins import hookspecs
 from gdzoo.cli import cli
-from gdzoo.plugins import BUILTIN_PLUGINS
+from gdzoo.plugins.manager import BUILTIN_PLUGINS
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILTIN_OPTIMIZERS = {"sgd", "momentum", "nesterov", "adam", "adamw", "adagrad", "rmsprop"}

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from .errors import SpecError
+from ..errors import SpecError
 
 _KINDS = ("float", "int", "bool", "str", "floats", "ints")
 _TRUE = {"true", "yes", "on", "1"}

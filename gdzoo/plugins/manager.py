@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError
+from ..errors import PluginError
 
 ENTRY_POINT_GROUP = "gdzoo"
 BUILTIN_PLUGINS = ("sgd", "adam", "adagrad", "rmsprop", "clipping", "regularization",

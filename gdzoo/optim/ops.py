@@ -26,6 +26,12 @@ def per(value: Any, param: Tensor) -> Any:
     return value
 
 
+def step_number(step_t: Tensor) -> Any:
+    """A step count (torch's 0-d tensor) as bias corrections use it: a number, or a tensor inside
+    a compiled step (where ``.item()`` would break the graph)."""
+    return step_t.double() if torch.compiler.is_compiling() else step_t.item()
+
+
 def nonzero(value: Any) -> bool:
     """Whether a (possibly batched) hyperparameter is switched on; a batch agrees on this."""
     if value.__class__ in _NUMBERS:

@@ -2,7 +2,7 @@
 
 Kinds: optimizer, transform, loss, model, problem.  Every component has a name, a description,
 hyperparameters with defaults, and the plugin that registered it.  :meth:`Registry.optimizer`
-turns a spec string into a :class:`~gdzoo.chain.Chain`.
+turns a spec string into a :class:`~gdzoo.optim.chain.Chain`.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from typing import Any, Iterable
 
 import torch
 
-from .chain import Chain, Link, Transform, group_key
-from .errors import SpecError, UnknownComponent
-from .plugins import PluginInfo, Plugins
-from .spec import Element, Hyper, bind, format_value, parse_chain, parse_element
+from ..optim.chain import Chain
+from ..optim.transform import Link, Transform, check_supports, group_key
+from ..errors import SpecError, UnknownComponent
+from .manager import PluginInfo, Plugins
+from ..optim.spec import Element, Hyper, bind, format_value, parse_chain, parse_element
 
 HOOKS = {
     "optimizer": "register_optimizers",
@@ -141,6 +142,8 @@ class Registry:
             if is_update != (kind == "optimizer"):
                 raise TypeError(f"{where}: an optimizer's stage is 'update', a transform's is not "
                                 f"(got stage {obj.stage!r})")
+        if chain is None:
+            check_supports(obj, where)
         name = name or getattr(obj, "name", "") if chain is None else name
         if not name or not _NAME.match(name):
             raise ValueError(f"{where}: needs a valid name (letters, digits, '_', '-'), got {name!r}")
@@ -264,7 +267,7 @@ class Registry:
         and ``transform.name`` for a transform's (``**{"clip_norm.max_norm": 1.0}``); a name that
         belongs to one transform only may also be given bare (``max_norm=1.0``).
 
-        ``fused=True`` compiles the chain's step with torch.compile (see :class:`~gdzoo.chain.Chain`).
+        ``fused=True`` compiles the chain's step with torch.compile (see :class:`~gdzoo.optim.chain.Chain`).
         ``batch=K``: the parameters carry a leading dimension of K configurations and each keyword
         value is a list of K values, one per configuration (numbers may differ; flags may not).
         """
