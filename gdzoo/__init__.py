@@ -17,7 +17,7 @@ from .optim.chain import Chain
 from .optim.transform import STAGES, GroupView, Link, StepContext, Transform, step_counter
 from .errors import GdzooError, PluginError, SpecError, UnknownComponent
 from .plugins.hookspecs import hookimpl
-from .plugins.registry import KINDS, Component, Registry, default_registry
+from .plugins.registry import KINDS, Component, Registry, default_registry, register_plugin, unregister_plugin
 from .optim.spec import Hyper
 from .engine import RunResult, run
 from .problem import Dataset, Loss, Model, Optimum, Problem
@@ -31,7 +31,8 @@ __all__ = [
     "Chain", "Component", "Dataset", "Loss", "Model", "Optimum", "Problem", "RunResult", "Study",
     "compare", "run", "sweep", "GdzooError", "GroupView", "Hyper", "KINDS", "Link", "PluginError", "Registry",
     "STAGES", "SpecError", "Transform", "UnknownComponent", "checks", "components", "get", "hookimpl",
-    "optimizer", "registry", "step_counter",
+    "optimizer", "optimizer_class", "register_plugin", "registry", "step_counter", "unregister_plugin",
+    "StepContext",
 ]
 
 
@@ -43,6 +44,12 @@ def registry(reload: bool = False) -> Registry:
 def optimizer(spec: str, params: Iterable, **hyperparameters) -> Chain:
     """A ``torch.optim.Optimizer`` for a spec: ``optimizer("adam", model.parameters(), lr=1e-3)``."""
     return default_registry().optimizer(spec, params, **hyperparameters)
+
+
+def optimizer_class(spec: str, *, fused: bool = False, **hyperparameters) -> type[Chain]:
+    """A ``torch.optim.Optimizer`` class for a spec, for code that takes a class rather than an
+    instance: ``ZeroRedundancyOptimizer(params, optimizer_class=gdzoo.optimizer_class("adam"), lr=1e-3)``."""
+    return default_registry().optimizer_class(spec, fused=fused, **hyperparameters)
 
 
 def components(kind: str | None = None) -> list[Component]:

@@ -26,6 +26,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from .engine import Budget, RunResult, Setup, _finish, _squeeze, epoch_batches, evaluate, flush_denormals
 from .optim.ops import Scratch
+from .optim.transform import declares
 from .plugins.registry import Registry
 from .optim.spec import Hyper
 
@@ -55,6 +56,27 @@ def _hyper(registry: Registry, spec: str, name: str) -> Hyper | None:
         for hyper_name, key in link.keys:
             if name in (key, hyper_name):
                 return next(h for h in type(link.transform).hyperparameters if h.name == hyper_name)
+    return None
+
+
+def why_separate(spec: str, setups: Sequence[Setup], registry: Registry) -> str | None:
+    """Why these configurations cannot train as one batched problem with the numbers of their
+    separate runs (None: they can): every component must declare ``batched``, or be one whose
+    batched form gdzoo knows (linear layers and MLPs, by the stacked forward pass)."""
+    first = setups[0]
+    undeclared = [comp.name for comp, _ in registry._links(spec) if not declares(comp.obj, "batched")]
+    if undeclared:
+        return f"{', '.join(undeclared)} {'does' if len(undeclared) == 1 else 'do'} not declare batched support"
+    if first.objective is not None:
+        if not declares(first.problem, "batched"):
+            return f"problem {first.problem_name!r} does not declare batched support"
+        return None
+    if not declares(first.loss_fn, "batched"):
+        name = getattr(first.loss_fn, "name", "") or type(first.loss_fn).__name__
+        return f"loss {name!r} does not declare batched support"
+    if stacked_forward(first.module) is None and not declares(first.model_component, "batched"):
+        name = getattr(first.model_component, "name", "") or type(first.module).__name__
+        return f"model {name!r} does not declare batched support"
     return None
 
 

@@ -16,21 +16,34 @@ from . import engine, study
 class GdzooGroup(click.Group):
     """Turns gdzoo's errors into one clear line: exit 2 for bad input, 1 for runtime failures.
 
-    Plugins' ``register_commands`` hooks run the first time a command is looked up.
+    Plugins' ``register_commands`` hooks run when a command is first looked up, and again for
+    plugins registered (or unregistered) in-process since: their commands come and go with them.
     """
 
-    _plugins_loaded = False
+    # (plugin name, id of the plugin object) -> the commands its hook added
+    _plugin_commands: dict[tuple[str, int], list[str]] = {}
+    _builtin_commands: set[str] | None = None
 
     def _load_plugins(self) -> None:
-        if GdzooGroup._plugins_loaded:
-            return
         registry = default_registry()  # may raise in strict mode: then try again next time
-        GdzooGroup._plugins_loaded = True
-        for info, impl in registry.plugins.hookimpls("register_commands"):
+        if GdzooGroup._builtin_commands is None:
+            GdzooGroup._builtin_commands = set(self.commands)
+        impls = {(info.name, id(impl.plugin)): (info, impl)
+                 for info, impl in registry.plugins.hookimpls("register_commands")}
+        for key in [k for k in self._plugin_commands if k not in impls]:  # plugins gone or reloaded
+            for command in self._plugin_commands.pop(key):
+                if command not in GdzooGroup._builtin_commands:
+                    self.commands.pop(command, None)
+        for key, (info, impl) in impls.items():
+            if key in self._plugin_commands:
+                continue
+            before = set(self.commands)
+            self._plugin_commands[key] = []
             try:
                 impl.function(cli=self)
             except Exception as exc:
                 registry.plugins.fail(info, f"register_commands failed: {type(exc).__name__}: {exc}", exc)
+            self._plugin_commands[key] = sorted(set(self.commands) - before)
 
     def get_command(self, ctx, cmd_name):
         self._load_plugins()

@@ -119,6 +119,7 @@ class Setup:
     problem: Problem | None
     problem_name: str
     objective: Callable[[torch.Tensor], torch.Tensor] | None = None
+    model_component: Any = None  # the registered Model that built ``module`` (None: the user's module)
 
 
 def _squeeze(pred: torch.Tensor) -> torch.Tensor:
@@ -173,13 +174,15 @@ def setup(problem: str | Problem | None, *, seed: int, dtype: torch.dtype, regis
             module = copy.deepcopy(model)
         else:
             comp, values = registry.bind("model", model or prob.default_model())
-            module = comp.obj(**values).build(dataset.X.shape[1], prob.out_features())
+            model = comp.obj(**values)
+            module = model.build(dataset.X.shape[1], prob.out_features())
             prob.init_model(module)
         module = module.to(dtype)
     if loss_fn is None:
         comp, values = registry.bind("loss", prob.default_loss())
         loss_fn = comp.obj(**values)
-    return Setup(module, loss_fn, dataset, None, prob, name)
+    return Setup(module, loss_fn, dataset, None, prob, name,
+                 model_component=model if not isinstance(model, (nn.Module, str, type(None))) else None)
 
 
 def _user_data(data: Any, dtype: torch.dtype) -> tuple[Dataset | None, Iterable | None]:

@@ -17,11 +17,15 @@ class Loss:
     """A loss: ``Loss(**hp)(prediction, target)`` is a scalar tensor (the mean over the batch).
 
     Subclasses set ``name``, ``description``, ``hyperparameters`` and implement :meth:`__call__`.
+    ``supports = ("batched",)`` declares that :meth:`batched` gives, row by row, the numbers of
+    :meth:`__call__` (bit for bit): only then do batched studies use it; otherwise each
+    configuration trains separately.
     """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     hyperparameters: ClassVar[tuple[Hyper, ...]] = ()
+    supports: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **hp: Any):
         self.hp = {h.name: h.default for h in self.hyperparameters} | hp
@@ -46,11 +50,18 @@ class Loss:
 
 
 class Model:
-    """A model family: ``Model(**hp).build(in_features, out_features)`` returns an ``nn.Module``."""
+    """A model family: ``Model(**hp).build(in_features, out_features)`` returns an ``nn.Module``.
+
+    Linear layers and MLPs (``nn.Sequential`` of ``nn.Linear`` and elementwise activations)
+    train batched by gdzoo's own stacked forward pass.  Any other module trains batched through
+    ``torch.func.vmap`` only if its model declares ``supports = ("batched",)`` (vmap gives it the
+    numbers of separate runs); otherwise each configuration trains separately.
+    """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     hyperparameters: ClassVar[tuple[Hyper, ...]] = ()
+    supports: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **hp: Any):
         self.hp = {h.name: h.default for h in self.hyperparameters} | hp
@@ -91,12 +102,14 @@ class Problem:
     Data problems return a :class:`Dataset` from :meth:`data`; the engine trains
     ``model(X) -> prediction`` against ``y`` with ``loss``.  Function problems (``task =
     "function"``) have no data: :meth:`init` gives the starting point and :meth:`objective`
-    maps the point (a 1-D tensor) to the loss.
+    maps the point (a 1-D tensor) to the loss.  A function problem trains batched (its objective
+    through ``torch.func.vmap``) only if it declares ``supports = ("batched",)``.
     """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     hyperparameters: ClassVar[tuple[Hyper, ...]] = ()
+    supports: ClassVar[tuple[str, ...]] = ()
     task: ClassVar[str] = "regression"
     model: ClassVar[str] = "linear"  # default model spec
     loss: ClassVar[str] = "mse"  # default loss spec

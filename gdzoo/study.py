@@ -6,15 +6,17 @@ import itertools
 import math
 import re
 import statistics
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from .batched import batch_key, can_batch, train_batched
+from .batched import batch_key, can_batch, train_batched, why_separate
 from .engine import RunResult, build_problem, make_budget, resolve_dtype, setup, train
 from .errors import GdzooError, SpecError
+from .optim.transform import declares
 from .output import render
 from .plugins.registry import Registry, default_registry
 from .optim.spec import format_value
@@ -45,6 +47,7 @@ class Study:
     interrupted: bool = False
     kind: str = "compare"
     params: list[str] = field(default_factory=list)  # swept hyperparameters
+    notes: list[str] = field(default_factory=list)  # what ran otherwise than asked, and why
 
     def groups(self) -> list[tuple[Trial, list[RunResult]]]:
         """Runs grouped by configuration (all seeds of one spec and overrides), in plan order."""
@@ -98,7 +101,7 @@ class Study:
         return render(rows, fmt, data=self.to_dict() if fmt == "json" else None)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"problem": self.problem, "kind": self.kind, "interrupted": self.interrupted,
+        return {"problem": self.problem, "kind": self.kind, "interrupted": self.interrupted, "notes": self.notes,
                 "summary": self.rows(), "runs": [r.to_dict() for r in self.runs]}
 
     def __str__(self) -> str:
@@ -154,7 +157,12 @@ def execute(problem, trials: Sequence[Trial], *, epochs=None, steps=None, batch_
                 if trial.seed not in by_seed:
                     by_seed[trial.seed] = make(trial.seed)
             budget = make_budget(problem_obj, epochs, steps, batch_size, tol, target, blowup)
-            if len(group) > 1 and can_batch(list(by_seed.values())):
+            separate = why_separate(group[0].spec, list(by_seed.values()), registry) if len(group) > 1 else None
+            if separate:
+                note = f"{group[0].spec}: {separate}; its {len(group)} runs train separately"
+                study.notes.append(note)
+                print(f"gdzoo: note: {note}", file=sys.stderr)
+            if len(group) > 1 and not separate and can_batch(list(by_seed.values())):
                 results = train_batched(group[0].spec, [by_seed[t.seed] for t in group], [t.seed for t in group],
                                         [dict(t.overrides) for t in group], budget, registry)
             else:  # separate runs train their own modules: a fresh set-up for each after the first
@@ -184,8 +192,14 @@ def execute(problem, trials: Sequence[Trial], *, epochs=None, steps=None, batch_
 
 
 def _validate(group: list[Trial], registry: Registry, dtype: torch.dtype) -> None:
-    """Build the group's optimizer on a probe parameter (one batched build for a batch)."""
+    """Build the group's optimizer on a probe parameter (one batched build for a batch, where the
+    chain declares batching; one build per configuration otherwise)."""
     distinct = list(dict.fromkeys(Trial(t.spec, 0, t.overrides) for t in group))
+    batchable = all(declares(comp.obj, "batched") for comp, _ in registry._links(distinct[0].spec))
+    if len(distinct) > 1 and not batchable:
+        for trial in distinct:
+            _validate([trial], registry, dtype)
+        return
     try:
         if len(distinct) > 1:
             keys = sorted({k for t in distinct for k, _ in t.overrides})

@@ -20,6 +20,7 @@ def _same_shape(loss: Loss, prediction: torch.Tensor, target: torch.Tensor, hint
 class _Elementwise(Loss):
     """A loss comparing each prediction with its target: one model output per target value."""
 
+    supports = ("batched",)  # batched() computes each row in torch's own formula, bit for bit
     hint = "it needs one output per target value (use cross_entropy for class-index targets)"
     closed_form = False  # True: rows_and_grad() gives the stacked losses with their gradient
 
@@ -140,6 +141,7 @@ class CrossEntropy(Loss):
     """Cross-entropy of logits [n, C] against class indices [n], torch.nn.functional.cross_entropy."""
 
     name = "cross_entropy"
+    supports = ("batched",)
 
     def __call__(self, prediction, target):
         if prediction.dim() != 2 or target.shape != prediction.shape[:1]:

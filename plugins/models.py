@@ -15,6 +15,7 @@ class Linear(Model):
     """Linear regression: y = x·wᵀ + b (torch.nn.Linear)."""
 
     name = "linear"
+    supports = ("batched",)
     hyperparameters = (_BIAS,)
 
     def build(self, in_features, out_features):
@@ -31,6 +32,7 @@ class MLP(Model):
     """Multi-layer perceptron: linear layers of the given hidden sizes with an activation between them."""
 
     name = "mlp"
+    supports = ("batched",)
     hyperparameters = (
         Hyper("hidden", (32,), "ints", "sizes of the hidden layers, e.g. 64/32"),
         Hyper("activation", "relu", "str", "activation after each hidden layer", choices=tuple(ACTIVATIONS)),

@@ -281,6 +281,7 @@ class Csv(Problem):
 class FunctionProblem(Problem):
     """A test function of a point x: no data, model or loss; starts at x0."""
 
+    supports = ("batched",)  # vmap of these objectives gives the separate runs' numbers (tested)
     task = "function"
     model = ""
     loss = ""

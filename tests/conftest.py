@@ -38,6 +38,8 @@ def _reset_registry():
     ``sys.modules``: the registry is rebuilt from the untouched environment.
     """
     yield
+    for name in [info.name for info in gdzoo.registry().plugins.infos.values() if info.in_process]:
+        gdzoo.unregister_plugin(name)  # a test that registered a plugin in-process and failed
     importlib.invalidate_caches()
     gdzoo.registry(reload=True)
 

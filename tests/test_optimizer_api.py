@@ -13,7 +13,6 @@ from torch import nn
 
 import gdzoo
 from gdzoo import Hyper, Link, Transform
-from gdzoo.plugins.manager import PluginInfo, Plugins
 
 
 BUILTIN_SPECS = [
@@ -699,22 +698,32 @@ class MyPlugin:
         register("clip_norm", name="no_update")  # a bad chain: reported, not fatal
 
 
-@pytest.fixture(scope="module")
+class MyGoodPlugin(MyPlugin):
+    @gdzoo.hookimpl
+    def register_optimizers(self, register):
+        register("adam:lr=0.01+grad_scale:factor=0.5", name="half_adam")
+
+
+@pytest.fixture
 def registry():
-    plugins = Plugins()
-    plugins.infos["mine"] = PluginInfo("mine", builtin=False, module=__name__)
-    plugins.pm.register(MyPlugin(), name="mine")
-    return gdzoo.Registry(plugins)
+    """The default registry with MyGoodPlugin registered in-process (the public call)."""
+    gdzoo.register_plugin(MyGoodPlugin(), name="mine")
+    yield gdzoo.registry()
+    gdzoo.unregister_plugin("mine")
+
+
+def test_a_plugin_with_a_bad_chain_is_refused_whole():
+    """register_plugin raises for a plugin whose hooks register something broken, and registers
+    nothing of it."""
+    with pytest.raises(gdzoo.PluginError, match="no_update.*bad chain"):
+        gdzoo.register_plugin(MyPlugin(), name="mine")
+    assert "grad_scale" not in gdzoo.registry().names("transform")
 
 
 def test_registered_user_transform(registry):
     assert registry.get("transform", "grad_scale").plugin == "mine"
     assert registry.get("transform", "grad_center").description == "gradient centralisation"
-    assert "no_update" not in registry.names("optimizer")
-    assert any("no_update" in e for e in registry.plugins.infos["mine"].errors)
-    # the user's transform is not in the default registry
-    with pytest.raises(gdzoo.SpecError, match="grad_scale"):
-        gdzoo.optimizer("adam+grad_scale", [nn.Parameter(torch.zeros(1))])
+    assert registry.plugins.infos["mine"].in_process and registry.plugins.infos["mine"].ok
 
     model_a, X, y = make_problem()
     model_b, model_c = copy.deepcopy(model_a), copy.deepcopy(model_a)

@@ -250,7 +250,8 @@ def test_gdzoo_plugins_shows_the_distribution(install_plugin):
     data = json.loads(invoke("plugins", "--format", "json").output)
     assert data == [{"name": "fake", "builtin": False, "module": "gdzoo_fake_plugin",
                      "distribution": "gdzoo-fake-plugin", "version": "1.2.3",
-                     "hooks": ["register_optimizers", "register_transforms"], "errors": []}]
+                     "hooks": ["register_optimizers", "register_transforms"], "errors": [],
+                     "in_process": False}]
 
 
 def test_gdzoo_plugins_without_third_party_plugins():

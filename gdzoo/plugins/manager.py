@@ -7,6 +7,9 @@ Environment variables:
 ``GDZOO_DISABLE_PLUGINS``  comma-separated block-list; built-in plugins (``sgd``, ``clipping``...)
                            can be blocked too.
 ``GDZOO_STRICT_PLUGINS=1`` re-raise the first plugin failure instead of reporting it.
+
+Plugins registered in-process (:func:`gdzoo.register_plugin`) load after the entry points, and
+stay registered when the registry is rebuilt, until :func:`gdzoo.unregister_plugin`.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ BUILTIN_PLUGINS = ("sgd", "adam", "adagrad", "rmsprop", "clipping", "regularizat
                    "losses", "models", "problems")
 
 
+IN_PROCESS: dict[str, object] = {}  # name -> plugin object, from gdzoo.register_plugin()
+
+
 @dataclass
 class PluginInfo:
     """What gdzoo knows of one plugin, loaded or failed."""
@@ -38,6 +44,7 @@ class PluginInfo:
     version: str = ""
     hooks: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    in_process: bool = False
 
     @property
     def ok(self) -> bool:
@@ -46,7 +53,7 @@ class PluginInfo:
     def as_dict(self) -> dict:
         return {"name": self.name, "builtin": self.builtin, "module": self.module,
                 "distribution": self.distribution, "version": self.version,
-                "hooks": list(self.hooks), "errors": list(self.errors)}
+                "hooks": list(self.hooks), "errors": list(self.errors), "in_process": self.in_process}
 
 
 def _env_list(name: str) -> list[str] | None:
@@ -102,6 +109,11 @@ class Plugins:
                 continue
             info = PluginInfo(ep.name, builtin=False, module=ep.value, distribution=dist, version=dist_version)
             self._register(info, ep.load)
+        for name, plugin in IN_PROCESS.items():
+            if name in self.infos:
+                self.fail(self.infos[name], f"plugin name {name!r} is taken by an in-process plugin too")
+                continue
+            self._register(in_process_info(name, plugin), lambda p=plugin: p)
         try:
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
@@ -136,6 +148,8 @@ class Plugins:
     def who(info: PluginInfo) -> str:
         if info.builtin:
             return f"{info.name!r} (built-in)"
+        if info.in_process:
+            return f"{info.name!r} (registered in-process from {info.module or '?'})"
         dist = f"{info.distribution} {info.version}".strip()
         return f"{info.name!r} ({dist or info.module})"
 
@@ -148,6 +162,16 @@ class Plugins:
 
     def failures(self) -> list[PluginInfo]:
         return [info for info in self.infos.values() if info.errors]
+
+
+def in_process_info(name: str, plugin: object) -> PluginInfo:
+    module = plugin.__name__ if isinstance(plugin, type(os)) else getattr(plugin, "__module__", "") or ""
+    return PluginInfo(name, builtin=False, module=module, distribution="(in-process)", in_process=True)
+
+
+def plugin_name(plugin: object) -> str:
+    """The default name of an in-process plugin: a module's or class's name, else its class's."""
+    return getattr(plugin, "__name__", None) or type(plugin).__name__
 
 
 def _installed(dist: str) -> bool:

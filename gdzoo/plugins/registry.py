@@ -18,8 +18,8 @@ import torch
 
 from ..optim.chain import Chain
 from ..optim.transform import Link, Transform, check_supports, group_key
-from ..errors import SpecError, UnknownComponent
-from .manager import PluginInfo, Plugins
+from ..errors import PluginError, SpecError, UnknownComponent
+from .manager import IN_PROCESS, PluginInfo, Plugins, _hook_names, plugin_name
 from ..optim.spec import Element, Hyper, bind, format_value, parse_chain, parse_element
 
 HOOKS = {
@@ -267,10 +267,17 @@ class Registry:
         and ``transform.name`` for a transform's (``**{"clip_norm.max_norm": 1.0}``); a name that
         belongs to one transform only may also be given bare (``max_norm=1.0``).
 
-        ``fused=True`` compiles the chain's step with torch.compile (see :class:`~gdzoo.optim.chain.Chain`).
-        ``batch=K``: the parameters carry a leading dimension of K configurations and each keyword
-        value is a list of K values, one per configuration (numbers may differ; flags may not).
+        ``fused=True`` runs torch's fused kernels or compiles the chain's step (see
+        :class:`~gdzoo.optim.chain.Chain`).  ``batch=K``: the parameters carry a leading dimension
+        of K configurations and each keyword value is a list of K values, one per configuration
+        (numbers may differ; flags may not).
         """
+        links, defaults = self.chain_parts(spec, batch=batch, **hyperparameters)
+        return _build(Chain, spec, params, links, defaults, batch=batch, fused=fused)
+
+    def chain_parts(self, spec: str, *, batch: int | None = None,
+                    **hyperparameters) -> tuple[list[Link], dict[str, Any]]:
+        """The links (fresh transform instances) and group defaults of a spec's chain."""
         pairs = self._links(spec)
         self._check_chain(spec)
         links, defaults = [], {}
@@ -299,12 +306,45 @@ class Registry:
                 defaults[key] = hyper.coerce(value) if batch is None else _batched(hyper, value, batch)
             except ValueError as exc:
                 raise SpecError(f"{spec}: {exc}") from None
-        try:  # Chain.add_param_group checks every group's values, keyword ones included
-            return Chain(params, links, defaults, spec=spec, batch=batch, fused=fused)
-        except SpecError:
-            raise
-        except ValueError as exc:  # torch's wording ("Invalid learning rate: -1"), as a SpecError
-            raise SpecError(f"{spec}: {exc}") from None
+        return links, defaults
+
+    def optimizer_class(self, spec: str, *, fused: bool = False, **hyperparameters) -> type[Chain]:
+        """A ``torch.optim.Optimizer`` subclass for a spec, for code that takes an optimizer class
+        (``ZeroRedundancyOptimizer(params, optimizer_class=cls, lr=...)``): ``cls(params,
+        **hyperparameters)`` builds the chain, keywords on top of the ones given here."""
+        self.optimizer(spec, [torch.zeros(1, requires_grad=True)], **hyperparameters)  # bad values fail now
+        return _spec_class(self, spec, fused, hyperparameters)
+
+
+def _build(cls, spec, params, links, defaults, batch=None, fused=False, chain=None):
+    try:  # Chain.add_param_group checks every group's values, keyword ones included
+        if chain is not None:  # an optimizer_class instance, being initialised
+            Chain.__init__(chain, params, links, defaults, spec=spec, batch=batch, fused=fused)
+            return chain
+        return cls(params, links, defaults, spec=spec, batch=batch, fused=fused)
+    except SpecError:
+        raise
+    except ValueError as exc:  # torch's wording ("Invalid learning rate: -1"), as a SpecError
+        raise SpecError(f"{spec}: {exc}") from None
+
+
+def _spec_class(registry: "Registry", spec: str, fused: bool, hyperparameters: dict[str, Any]) -> type[Chain]:
+    base = dict(hyperparameters)
+
+    def __init__(self, params, **kwargs):
+        links, defaults = registry.chain_parts(spec, **{**base, **kwargs})
+        _build(None, spec, params, links, defaults, fused=fused, chain=self)
+
+    def __reduce_ex__(self, protocol):  # pickle the class by its spec: it has no importable name
+        return _restore_spec_instance, (spec, fused, base), self.__getstate__()
+
+    return type(f"Chain[{spec}]", (Chain,), {"__init__": __init__, "__reduce_ex__": __reduce_ex__,
+                                             "__module__": __name__, "__doc__": f"gdzoo optimizer {spec!r}"})
+
+
+def _restore_spec_instance(spec: str, fused: bool, hyperparameters: dict[str, Any]) -> Chain:
+    cls = default_registry().optimizer_class(spec, fused=fused, **hyperparameters)
+    return cls.__new__(cls)
 
 
 def _batched(hyper: Hyper, values: Any, batch: int) -> Any:
@@ -336,6 +376,47 @@ def _coerce_overrides(comp: Component, overrides: dict[str, Any]) -> dict[str, A
 
 
 _default: Registry | None = None
+
+
+def register_plugin(plugin: object, name: str | None = None) -> str:
+    """Register a plugin object (a module, class or instance with ``@gdzoo.hookimpl`` functions)
+    in this process, at once: the registry, ``gdzoo list``, ``gdzoo plugins`` and the CLI see its
+    components from now on, also after the registry is rebuilt.  Returns the plugin's name.
+    A plugin whose hooks fail, or whose components clash with registered ones, raises
+    PluginError and is not registered."""
+    global _default
+    name = name or plugin_name(plugin)
+    if not _NAME.match(name):
+        raise PluginError(f"plugin name {name!r}: use letters, digits, '_' and '-'")
+    if name in IN_PROCESS:
+        raise PluginError(f"a plugin named {name!r} is already registered in-process; "
+                          f"call gdzoo.unregister_plugin({name!r}) first, or give another name")
+    if not _hook_names(plugin):
+        raise PluginError(f"plugin {name!r} has no gdzoo hook implementations "
+                          f"(functions decorated with @gdzoo.hookimpl, named after the hooks)")
+    IN_PROCESS[name] = plugin
+    try:
+        registry = Registry()
+        info = registry.plugins.infos.get(name)
+        errors = info.errors if info is not None else ["not loaded"]
+        if errors:
+            raise PluginError(f"plugin {name!r}: {'; '.join(errors)}")
+    except BaseException:
+        del IN_PROCESS[name]
+        raise
+    _default = registry
+    return name
+
+
+def unregister_plugin(name: str) -> None:
+    """Undo :func:`register_plugin`; the plugin's components are gone at once."""
+    global _default
+    if name not in IN_PROCESS:
+        known = ", ".join(IN_PROCESS) or "none"
+        raise PluginError(f"no in-process plugin named {name!r} (registered in-process: {known}); "
+                          f"plugins installed as packages are turned off with GDZOO_DISABLE_PLUGINS")
+    del IN_PROCESS[name]
+    _default = Registry()
 
 
 def default_registry(reload: bool = False) -> Registry:
