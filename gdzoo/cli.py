@@ -364,3 +364,56 @@ def main() -> None:
     except GdzooError as exc:  # strict plugin mode: a broken plugin is fatal, but still one clear line
         click.echo(f"Error: {exc}", err=True)
         sys.exit(1)
+
+
+@cli.command("verify")
+@click.argument("names", nargs=-1, metavar="NAME...", shell_complete=complete_component(["optimizer", "transform"]))
+@click.option("--check", "checks", multiple=True, metavar="CHECK",
+              help="run only this check (repeat it, or separate names with commas); default: every check")
+@click.option("--list-checks", "list_checks", is_flag=True, help="list the checks and what each asserts, then exit")
+@format_option
+@output_option
+def verify_command(names, checks, list_checks, fmt, output_path):
+    """Run the conformance checks on optimizers and transforms, built-in or third-party.
+
+    The checks are those gdzoo's own tests apply to the built-ins (the loss falls, dtypes, param
+    groups, missing grads, state_dict, deepcopy, pickle, schedulers, p.grad left alone, bad
+    hyperparameters, determinism, batched, fused, complex, sparse).  One row per check: passed,
+    failed with the reason, skipped with why, or xfail (a failure the component declares in
+    expected_failures).  Exit status 1 if any check fails.
+
+    Example: gdzoo verify adam clip_norm
+    """
+    import time
+
+    from . import verify
+
+    if list_checks:
+        rows = [{"check": c.name, "asserts": c.doc} for c in verify.CHECKS.values()]
+        emit(output.render(rows, fmt), output_path)
+        return
+    if not names:
+        raise click.UsageError("name one or more optimizers or transforms, e.g. gdzoo verify adam clip_norm "
+                               "('gdzoo list' shows them)")
+    wanted = [c.strip() for item in checks for c in item.split(",") if c.strip()] or None
+    unknown = [c for c in wanted or () if c not in verify.CHECKS]
+    if unknown:
+        raise click.BadParameter(f"unknown check {unknown[0]!r}; choose from {', '.join(verify.CHECKS)}",
+                                 param_hint="'--check'")
+    registry = default_registry()
+    subjects = [verify.subject(name, registry) for name in dict.fromkeys(names)]  # unknown names: exit 2
+    results = []
+    for subject in subjects:
+        start = time.perf_counter()
+        own = verify.run_checks(subject, checks=wanted)
+        results += own
+        counts = ", ".join(f"{n} {status}" for status in verify.STATUSES
+                           if (n := sum(r.status == status for r in own)))
+        click.echo(f"{subject.name}: {counts} ({time.perf_counter() - start:.1f} s)", err=True)
+    rows = [r.as_row() for r in results]
+    emit(output.render(rows, fmt, headers=["component", "check", "result", "reason"]), output_path)
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        click.echo(f"Error: {len(failed)} check(s) failed: "
+                   + ", ".join(f"{r.name} {r.check}" for r in failed), err=True)
+        raise click.exceptions.Exit(1)
