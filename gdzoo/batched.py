@@ -64,7 +64,7 @@ def why_separate(spec: str, setups: Sequence[Setup], registry: Registry) -> str 
     separate runs (None: they can): every component must declare ``batched``, or be one whose
     batched form gdzoo knows (linear layers and MLPs, by the stacked forward pass)."""
     first = setups[0]
-    undeclared = [comp.name for comp, _ in registry._links(spec) if not declares(comp.obj, "batched")]
+    undeclared = registry.undeclared(spec, "batched")
     if undeclared:
         return f"{', '.join(undeclared)} {'does' if len(undeclared) == 1 else 'do'} not declare batched support"
     if first.objective is not None:

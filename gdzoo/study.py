@@ -16,7 +16,6 @@ import torch
 from .batched import batch_key, can_batch, train_batched, why_separate
 from .engine import RunResult, build_problem, make_budget, resolve_dtype, setup, train
 from .errors import GdzooError, SpecError
-from .optim.transform import declares
 from .output import render
 from .plugins.registry import Registry, default_registry
 from .optim.spec import format_value
@@ -195,8 +194,7 @@ def _validate(group: list[Trial], registry: Registry, dtype: torch.dtype) -> Non
     """Build the group's optimizer on a probe parameter (one batched build for a batch, where the
     chain declares batching; one build per configuration otherwise)."""
     distinct = list(dict.fromkeys(Trial(t.spec, 0, t.overrides) for t in group))
-    batchable = all(declares(comp.obj, "batched") for comp, _ in registry._links(distinct[0].spec))
-    if len(distinct) > 1 and not batchable:
+    if len(distinct) > 1 and not registry.declares(distinct[0].spec, "batched"):
         for trial in distinct:
             _validate([trial], registry, dtype)
         return

@@ -17,7 +17,7 @@ from typing import Any, Iterable
 import torch
 
 from ..optim.chain import Chain
-from ..optim.transform import Link, Transform, check_supports, group_key
+from ..optim.transform import Link, Transform, check_supports, declares, group_key
 from ..errors import PluginError, SpecError, UnknownComponent
 from .manager import IN_PROCESS, PluginInfo, Plugins, _hook_names, plugin_name
 from ..optim.spec import Element, Hyper, bind, format_value, parse_chain, parse_element
@@ -213,6 +213,14 @@ class Registry:
             raise SpecError(str(exc), whole, element.start, element.start + len(element.name)) from None
 
     # --- optimizers ---------------------------------------------------------------------
+    def declares(self, spec: str, capability: str) -> bool:
+        """Whether every component of a chain spec declares ``capability`` (``"batched"``...)."""
+        return all(declares(comp.obj, capability) for comp, _ in self._links(spec))
+
+    def undeclared(self, spec: str, capability: str) -> list[str]:
+        """The components of a chain spec that do not declare ``capability``."""
+        return [comp.name for comp, _ in self._links(spec) if not declares(comp.obj, capability)]
+
     def _links(self, spec: str, stack: tuple[str, ...] = ()) -> list[tuple[Component, dict[str, Any]]]:
         """Resolve a chain spec to (component, values) pairs, expanding named chains."""
         result: list[tuple[Component, dict[str, Any]]] = []
