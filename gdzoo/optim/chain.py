@@ -14,8 +14,10 @@ This is the one place that decides how a step runs.  Transforms write their math
   sparse gradients (transforms that declare ``sparse``), as torch.optim handles them.
 
 Inside a training step that the user compiles (``torch.compile`` of forward, backward and
-``opt.step()``), the chain runs its native kernel or eager step for Dynamo to trace, and never
-compiles a function of its own.
+``opt.step()``), the chain's step is traced into the user's graph like torch.optim's, and never
+compiles a function of its own; torch's fused kernels run outside the graph, as torch.optim's
+fused Adam and SGD run them.  A step with a sparse gradient runs eagerly (neither torch's fused
+kernels nor Inductor take sparse tensors).
 """
 
 from __future__ import annotations
@@ -104,7 +106,7 @@ class Chain(torch.optim.Optimizer):
         lone = self.links[0] if len(self.links) == 1 else None
         self._direct = lone if lone is not None and self.path == "eager" \
             and type(lone.transform).step is Transform.step else None
-        self._buffers: dict[tuple[str, str], WeakIdKeyDictionary] = {}
+        self._buffers: dict[tuple[str, str, int | None], WeakIdKeyDictionary] = {}
 
     @property
     def native(self) -> bool:
@@ -202,25 +204,28 @@ class Chain(torch.optim.Optimizer):
         """
         if param.numel() < SCRATCH_MIN:
             return None
-        base = param if param._base is None else param._base  # a complex parameter's real view
+        base, where = _origin(param), None
+        if base is not param:  # a complex parameter's real view, made afresh every step
+            where = param.storage_offset()  # complex parameters that are views of one tensor
         grad = base.grad
         if grad is not None and grad.is_sparse:
             return None
-        table = self._buffers.get((owner, key))
+        table = self._buffers.get((owner, key, where))
         if table is None:
-            table = self._buffers[(owner, key)] = WeakIdKeyDictionary()
+            table = self._buffers[(owner, key, where)] = WeakIdKeyDictionary()
         buf = table.get(base)
         if buf is None or buf.dtype is not param.dtype or buf.shape != param.shape:
             buf = table[base] = torch.empty_like(param, memory_format=torch.preserve_format)
         return buf
 
     # --- the step ---------------------------------------------------------------------------
-    def _views(self) -> tuple[list[tuple[dict, list[torch.Tensor], list[torch.Tensor]]], list[list[dict]]]:
-        """Per group with a gradient: (group, params, grads), and the params' state dicts.
+    def _views(self) -> tuple[list[tuple[dict, list[torch.Tensor], list[torch.Tensor]]], list[list[dict]], bool]:
+        """Per group with a gradient: (group, params, grads); the params' state dicts; and whether
+        any gradient is sparse.
 
         Complex parameters, their gradients and their state are handed on as real views; a sparse
         gradient is refused unless every transform declares ``sparse``."""
-        groups, states = [], []
+        groups, states, sparse = [], [], False
         for group in self.param_groups:
             params, grads, own = [], [], []
             for p in group["params"]:
@@ -228,6 +233,7 @@ class Chain(torch.optim.Optimizer):
                 if grad is None:
                     continue
                 if grad.is_sparse:
+                    sparse = True
                     missing = [link.transform.name for link in self.links if not declares(link.transform, "sparse")]
                     if missing:
                         raise RuntimeError(f"{self.spec or 'gdzoo'}: {', '.join(missing)} "
@@ -243,7 +249,7 @@ class Chain(torch.optim.Optimizer):
             if params:
                 groups.append((group, params, grads))
                 states.append(own)
-        return groups, states
+        return groups, states, sparse
 
     def step(self, closure=None):
         """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
@@ -265,28 +271,34 @@ class Chain(torch.optim.Optimizer):
         gdzoo's engine calls this in its inner loop: torch.optim's hook and profiler machinery
         around ``step()`` costs more than a whole update of a small model.
         """
-        groups, states = self._views()
+        groups, states, sparse = self._views()
         if not groups:
             return
-        if self._direct is not None:  # a lone optimizer: one update per group, no views to build
-            link, ctx = self._direct, self.ctx
+        # Inside a training step the user compiles, the step is traced (or run, in a frame Dynamo
+        # gave back to Python) as torch.optim's is: no torch.compile of the chain's own, no scratch
+        # buffers, and torch's fused kernels called outside the graph, as torch.optim calls them.
+        compiling = _in_compile()
+        ctx = self._compiled_ctx if compiling else self.ctx
+        if self._direct is not None and not compiling:  # a lone optimizer: one update per group
+            link = self._direct
             t, keys = link.transform, link.keys
             ctx.stage, ctx.owner = "update", t.name
             for (group, params, grads), own in zip(groups, states):
                 t.update(params, grads, own, {n: group[k] for n, k in keys}, ctx)
             ctx.stage = ctx.owner = ""
-        elif self.path == "native":  # torch's own fused kernel: the whole chain in it, or the rest eager
-            if self._folds is None or not self._apply_folded(groups, states):
-                _run(self.order, groups, states, self.ctx, native=True)
-        elif self.path == "compiled" and not self._compile_failed and not torch.compiler.is_compiling() \
-                and all(p in self._stepped for _, params, _ in groups for p in _bases(params)):
+        elif self.path == "native" and not sparse:  # torch's fused kernel: the whole chain, or the rest eager
+            native = _native_outside_graph if compiling else _native
+            if self._folds is None or not self._apply_folded(groups, states, ctx, native):
+                _run(self.order, groups, states, ctx, native=native)
+        elif self.path == "compiled" and not (compiling or sparse or self._compile_failed) \
+                and all(p in self._stepped for _, params, _ in groups for p in map(_origin, params)):
             self._apply_compiled(groups, states)
-        else:
-            _run(self.order, groups, states, self.ctx)
-            if self.path == "compiled":  # state now exists: later steps can run compiled
-                self._stepped.update((p, True) for _, params, _ in groups for p in _bases(params))
+        else:  # eager; sparse gradients (neither torch's kernels nor Inductor take them) and compiled
+            _run(self.order, groups, states, ctx)
+            if self.path == "compiled" and not compiling:  # state now exists: later steps can run compiled
+                self._stepped.update((p, True) for _, params, _ in groups for p in map(_origin, params))
 
-    def _apply_folded(self, groups, states) -> bool:
+    def _apply_folded(self, groups, states, ctx, native) -> bool:
         """The whole chain as one native kernel call per group; False (nothing done) if it can't."""
         update, others = self._folds
         t = update.transform
@@ -295,7 +307,6 @@ class Chain(torch.optim.Optimizer):
         if not all(t.can_fold(params, hp, kinds, own) for (_, params, _), hp, own in zip(groups, hps, states)):
             return False
         folds: list[dict[str, Any]] = [{} for _ in groups]
-        ctx = self.ctx
         for link in others:
             views = [GroupView(params, grads, [{}] * len(params), {n: group[k] for n, k in link.keys}, group)
                      for group, params, grads in groups]
@@ -305,7 +316,7 @@ class Chain(torch.optim.Optimizer):
                     fold[link.transform.fold] = value
         ctx.stage, ctx.owner = "update", t.name
         for (group, params, grads), own, hp, fold in zip(groups, states, hps, folds):
-            t.native_step(params, grads, own, hp, **fold)
+            native(t, params, grads, own, hp, fold)
         ctx.stage = ctx.owner = ""
         return True
 
@@ -376,13 +387,42 @@ class _RealView(MutableMapping):
         return self[key]
 
 
-def _bases(params: list[torch.Tensor]):
-    return (p if p._base is None else p._base for p in params)
+def _origin(param: torch.Tensor) -> torch.Tensor:
+    """The parameter a tensor handed to transforms stands for: a complex parameter for its real
+    view, else the tensor itself (a parameter may be a view of another tensor: its own key)."""
+    base = param._base
+    return base if base is not None and base.is_complex() else param
 
 
-def _run(order, groups, param_states, ctx, native: bool = False) -> None:
+try:
+    from torch._C._dynamo.eval_frame import get_eval_frame_callback as _eval_frame_callback
+except ImportError:  # an older torch: only a traced step is recognised
+    _eval_frame_callback = None
+
+
+def _in_compile() -> bool:
+    """Whether this step runs inside a ``torch.compile``d function: traced by Dynamo, or in a frame
+    of it that Dynamo left to Python after a graph break (where ``is_compiling()`` is False, but
+    a torch.compile of the chain's own would nest inside the user's)."""
+    if torch.compiler.is_compiling():
+        return True
+    return _eval_frame_callback is not None and _eval_frame_callback() not in (None, False)
+
+
+def _native(t: Transform, params, grads, states, hp, folds) -> None:
+    t.native_step(params, grads, states, hp, **folds)
+
+
+# In a compiled training step torch's fused kernels run outside the graph, as torch.optim's fused
+# Adam and SGD run them (torch._fused_sgd_ has no fake kernel; state made inside a graph cannot
+# be handed to torch._fused_adam_).  The step's other work stays in the graph.  (torch's lazy
+# form of torch.compiler.disable: importing gdzoo does not import Dynamo.)
+_native_outside_graph = torch._disable_dynamo(_native)
+
+
+def _run(order, groups, param_states, ctx, native=None) -> None:
     """One step of a chain: every stage's transforms, over every group's parameters with a grad;
-    with ``native``, the update runs torch's fused kernel in the groups where it can."""
+    with ``native`` (how to call it), the update runs torch's fused kernel in the groups where it can."""
     # Transforms replace entries of these lists: copies keep that local (compiled, a replaced entry
     # of a caller's list would have to be returned as a fresh full-size tensor every step).
     groups = [(group, params, list(grads)) for group, params, grads in groups]
@@ -398,10 +438,10 @@ def _run(order, groups, param_states, ctx, native: bool = False) -> None:
                 own = [{}] * len(params)
             views.append(GroupView(params, grads, own, {n: group[k] for n, k in link.keys}, group))
         ctx.stage, ctx.owner = stage, t.name
-        if native and stage == "update":
+        if native is not None and stage == "update":
             for v in views:
                 if t.can_fold(v.params, v.hp, set(), v.states):
-                    t.native_step(v.params, v.grads, v.states, v.hp)
+                    native(t, v.params, v.grads, v.states, v.hp, {})
                 else:
                     t.update(v.params, v.grads, v.states, v.hp, ctx)
         else:

@@ -35,7 +35,8 @@ transform *declares* in ``supports``:
                as ``torch.view_as_real`` pairs (what torch.optim does).  Undeclared, a complex
                parameter is refused when the optimizer is built.
 ``"sparse"``   ``grads[i]`` may be a sparse tensor and the transform handles it (torch's SGD
-               and Adagrad do).  Undeclared, a sparse gradient is refused at the step.
+               and Adagrad do); such a step runs eagerly, also under ``fused=True``.
+               Undeclared, a sparse gradient is refused at the step.
 """
 
 from __future__ import annotations
