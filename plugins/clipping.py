@@ -11,7 +11,13 @@ from gdzoo.ops import per
 
 
 class ClipNorm(Transform):
-    """Scale all gradients so that their global norm is at most max_norm (clip_grad_norm_)."""
+    """Scale all gradients so that their global norm is at most max_norm (clip_grad_norm_).
+
+    The norm is over every parameter the optimizer holds: under DDP that is the global norm
+    (every rank has the whole, all-reduced gradient); under ZeroRedundancyOptimizer each rank's
+    optimizer holds one shard, so it clips by that shard's norm (clip with clip_grad_norm_
+    before step() there).
+    """
 
     name = "clip_norm"
     stage = "grad"

@@ -206,3 +206,39 @@ def test_readme_example_plugin_batched_equals_separate(install_plugin):
         else:  # batched full-batch GEMMs round differently from one run's (README, "batched studies")
             assert a.history == pytest.approx(b.history, rel=1e-6)
             assert a.final_loss == pytest.approx(b.final_loss, rel=1e-6)
+
+
+def test_a_plugin_written_for_0_1_keeps_working_with_a_deprecation_warning():
+    """0.1's documented `native = True` (torch's fused kernel even beside eager transforms) still
+    means that, with a DeprecationWarning; 0.1's ctx was the Chain: its attributes still read."""
+    adam = gdzoo.get("optimizer", "adam").obj
+
+    class OldAdam(adam):
+        name = "oldadam"
+        native = True
+        native_preferred = False
+
+    class ReadsChain(Transform):
+        name = "reads_chain"
+        stage = "grad"
+
+        def update(self, params, grads, states, hp, ctx):
+            assert ctx.param_groups is ctx.optimizer.param_groups  # 0.1: ctx was the optimizer
+
+    class Old:
+        @hookimpl
+        def register_optimizers(self, register):
+            register(OldAdam)
+
+        @hookimpl
+        def register_transforms(self, register):
+            register(ReadsChain)
+
+    with pytest.warns(DeprecationWarning, match="native_preferred"):
+        gdzoo.register_plugin(Old(), name="old")
+    p = nn.Parameter(torch.zeros(3))
+    assert gdzoo.optimizer("oldadam+clip_value", [p], fused=True).path == "native"
+    opt = gdzoo.optimizer("sgd+reads_chain", [p])
+    p.grad = torch.ones(3)
+    with pytest.warns(DeprecationWarning, match="ctx.optimizer.param_groups"):
+        opt.step()

@@ -94,7 +94,8 @@ class Chain(torch.optim.Optimizer):
         plan = self._fold_plan()
         self.path = "eager"
         if self.fused:
-            native = not self.batch and update.has_native() and (plan is not None or update.native_preferred)
+            preferred = update.native_preferred or getattr(update, "native", None) is True  # 0.1's flag
+            native = not self.batch and update.has_native() and (plan is not None or preferred)
             self.path = "native" if native else "compiled"
         self._folds = plan if self.path == "native" else None
         self._compiled = None

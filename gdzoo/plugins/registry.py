@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import inspect
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -144,6 +145,10 @@ class Registry:
                                 f"(got stage {obj.stage!r})")
         if chain is None:
             check_supports(obj, where)
+            if "native" in vars(obj) and not isinstance(vars(obj)["native"], property):
+                warnings.warn(f"{where}: 'native' is replaced by native_preferred = True (for native = True) or "
+                              f"nothing (for native = 'whole'); a native_step() is what gives a fused kernel",
+                              DeprecationWarning, stacklevel=2)
         name = name or getattr(obj, "name", "") if chain is None else name
         if not name or not _NAME.match(name):
             raise ValueError(f"{where}: needs a valid name (letters, digits, '_', '-'), got {name!r}")
