@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -61,10 +62,28 @@ class GdzooGroup(click.Group):
             raise click.UsageError(str(exc)) from None
         except GdzooError as exc:
             raise click.ClickException(str(exc)) from None
-        except (BrokenPipeError, click.exceptions.Exit, click.exceptions.Abort):
+        except BrokenPipeError:  # `gdzoo ... | head`: the reader left; end quietly
+            _quiet_stdout()
+            raise click.exceptions.Exit(0) from None
+        except KeyboardInterrupt:  # Ctrl-C outside a study (which keeps what finished itself)
+            click.echo("Interrupted.", err=True)
+            raise click.exceptions.Exit(INTERRUPTED) from None
+        except (click.exceptions.Exit, click.exceptions.Abort):
             raise  # Exit (from --help in a command) and Abort are RuntimeErrors that click handles itself
         except (ValueError, TypeError, RuntimeError, OSError) as exc:
             raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+
+
+INTERRUPTED = 130  # the exit status of a command stopped by Ctrl-C (128 + SIGINT), as shells report it
+
+
+def _quiet_stdout() -> None:
+    """The reader of stdout went away: send what is still buffered nowhere, without a message."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real file descriptor (a test runner's stdout)
+        pass
 
 
 def format_option(f):
@@ -72,9 +91,25 @@ def format_option(f):
                         show_default=True, help="table format (tabulate's), json or csv")(f)
 
 
+def _output_path(ctx, param, value):
+    """--output is checked before any work: a study must not run for an hour, then fail to save."""
+    if value is None:
+        return None
+    if not value.strip():
+        raise click.BadParameter("an empty file name; give a path, or leave the option out", ctx, param)
+    folder = os.path.dirname(os.path.abspath(value))
+    if os.path.isdir(value):
+        raise click.BadParameter(f"{value!r} is a directory; give a file name", ctx, param)
+    if not os.path.isdir(folder):
+        raise click.BadParameter(f"the folder {folder!r} does not exist", ctx, param)
+    if not os.access(folder, os.W_OK) or (os.path.exists(value) and not os.access(value, os.W_OK)):
+        raise click.BadParameter(f"{value!r} is not writable", ctx, param)
+    return value
+
+
 def output_option(f):
-    return click.option("--output", "-o", "output_path", type=click.Path(dir_okay=False, writable=True),
-                        help="also write the table to this file")(f)
+    return click.option("--output", "-o", "output_path", callback=_output_path, metavar="FILE",
+                        help="also write the table to FILE (checked before any work starts)")(f)
 
 
 def emit(text: str, output_path: str | None = None) -> None:
@@ -168,11 +203,18 @@ def _run_study(make, total: int, label: str):
 
 
 def _report(result, fmt, output_path):
+    """The table; an interrupted study shows what finished, then exits 130 (scripts can tell a
+    partial study from a whole one)."""
     if result.interrupted:
         click.echo(f"Interrupted: showing the {len(result.runs)} run(s) that finished.", err=True)
     if not result.runs:
+        if result.interrupted:
+            click.echo("Interrupted before any run finished.", err=True)
+            raise click.exceptions.Exit(INTERRUPTED)
         raise click.ClickException("no run finished")
     emit(result.render(fmt), output_path)
+    if result.interrupted:
+        raise click.exceptions.Exit(INTERRUPTED)
 
 
 @cli.command("run")
@@ -221,6 +263,8 @@ def run_command(problem, spec, epochs, steps, batch_size, tol, target, dtype, se
         row["status"] = f"diverged at step {result.diverged_at}"
     text = output.render([row], fmt, data=result.to_dict())
     emit(text, output_path)
+    if result.status == "interrupted":
+        raise click.exceptions.Exit(INTERRUPTED)
 
 
 _SHORT = {"weight": "w", "bias": "b", "x": "x"}

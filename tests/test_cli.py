@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 
@@ -450,7 +451,7 @@ def interrupting(install_plugin):
 
 
 def test_ctrl_c_during_run_prints_the_partial_result(interrupting):
-    result = invoke("run", "interrupting:after=4", "sgd:lr=0.1", "--format", "csv")
+    result = invoke("run", "interrupting:after=4", "sgd:lr=0.1", "--format", "csv", code=130)
     row = parse_csv(result.stdout)[0]
     assert (row["status"], row["steps"]) == ("interrupted", "3")
     assert "Interrupted." in result.stderr
@@ -459,7 +460,7 @@ def test_ctrl_c_during_run_prints_the_partial_result(interrupting):
 def test_ctrl_c_during_compare_prints_the_finished_runs(interrupting):
     # every run: 5 steps and a final evaluation, 6 objective calls; call 15 is in the third run
     result = invoke("compare", "sgd:lr=0.1", "sgd:lr=0.2", "adam:lr=0.1", "sgd:lr=0.05", "--problem",
-                    "interrupting:after=15", "--seeds", 1, "--format", "csv")
+                    "interrupting:after=15", "--seeds", 1, "--format", "csv", code=130)
     rows = parse_csv(result.stdout)
     assert sorted(r["spec"] for r in rows) == ["sgd:lr=0.1", "sgd:lr=0.2"]
     assert all(r["status"] == "1 budget" for r in rows)
@@ -468,10 +469,10 @@ def test_ctrl_c_during_compare_prints_the_finished_runs(interrupting):
 
 
 def test_ctrl_c_before_any_run_finished(interrupting):
-    result = invoke("sweep", "sgd", "--param", "lr=0.1,0.2", "--problem", "interrupting:after=2", code=1)
+    """Ctrl-C exits 130 (a script can tell a partial study from a whole one), here with nothing to show."""
+    result = invoke("sweep", "sgd", "--param", "lr=0.1,0.2", "--problem", "interrupting:after=2", code=130)
     assert result.stdout == ""
-    assert "Interrupted: showing the 0 run(s) that finished." in result.stderr
-    assert "Error: no run finished" in result.stderr
+    assert "Interrupted before any run finished." in result.stderr
 
 
 # --- python -m gdzoo ------------------------------------------------------------------------------
@@ -508,3 +509,23 @@ def test_tol_zero_means_no_tolerance_stop():
                     "--format", "json")
     runs = json.loads(result.stdout)["runs"]
     assert runs[0]["status"] == "budget" and runs[0]["steps"] == 40
+
+
+@pytest.mark.parametrize("value, message", [
+    ("/nonexistent-folder/x.txt", "does not exist"), ("", "an empty file name"), (".", "is a directory")])
+def test_output_is_checked_before_any_work(value, message, monkeypatch):
+    """A bad --output is a usage error at once, not after the study ran."""
+    from gdzoo import study
+
+    monkeypatch.setattr(study, "execute", lambda *a, **k: pytest.fail("the study ran"))
+    result = invoke("compare", "sgd", "-p", "doubling", "--output", value, code=2)
+    assert message in result.output and "--output" in result.output
+
+
+@pytest.mark.slow
+def test_a_closed_pipe_ends_quietly():
+    """`gdzoo ... | head -1`: exit 0, nothing on stderr."""
+    command = f"set -o pipefail; {sys.executable} -m gdzoo run doubling sgd:lr=0.01 --steps 20000 --every 1 | head -1"
+    proc = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=120, executable="/bin/bash")
+    assert proc.stdout.startswith("step 1") or proc.stdout.startswith("epoch 1"), proc.stdout
+    assert proc.stderr == "" and proc.returncode == 0, proc.stderr
