@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -143,6 +144,29 @@ def cli():
     """
 
 
+class FiniteFloat(click.ParamType):
+    """A finite number (nan and inf are refused, naming the option), at least ``min`` if given."""
+
+    name = "float"
+
+    def __init__(self, min: float | None = None):
+        self.min = min
+
+    def convert(self, value, param, ctx):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if self.min is not None and number < self.min:
+            self.fail(f"{number:g} is below {self.min:g}", param, ctx)
+        return number
+
+
+SEED = click.IntRange(min=0, max=2 ** 63 - 1)  # what torch.Generator.manual_seed takes
+
+
 def budget_options(f):
     """Options every training command shares."""
     options = [
@@ -150,10 +174,12 @@ def budget_options(f):
         click.option("--steps", type=click.IntRange(min=1), help="optimizer steps (instead of, or capping, epochs)"),
         click.option("--batch-size", "batch_size", default="full", show_default=True, metavar="full|N",
                      callback=_batch_size, help="'full' for gradient descent, 1 for SGD, N for mini-batches"),
-        click.option("--tol", type=click.FloatRange(min=0), default=None,
+        click.option("--tol", type=FiniteFloat(min=0), default=None,
                      help="stop when the loss changes by at most TOL (0: never; compare and sweep: 1e-6)"),
-        click.option("--target", type=float, default=None, help="stop when the loss reaches TARGET"),
-        click.option("--dtype", type=click.Choice(sorted(engine.DTYPES)), default="float32", show_default=True),
+        click.option("--target", type=FiniteFloat(), default=None, metavar="LOSS",
+                     help="stop when the loss reaches LOSS (a number: the loss value to reach)"),
+        click.option("--dtype", type=click.Choice(sorted(engine.DTYPES)), default="float32", show_default=True,
+                     help="floating-point type of the parameters and data"),
     ]
     for option in reversed(options):
         f = option(f)
@@ -221,7 +247,7 @@ def _report(result, fmt, output_path):
 @click.argument("problem", shell_complete=complete_component(["problem"]))
 @click.argument("spec", shell_complete=complete_component(["optimizer", "transform"]))
 @budget_options
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True, help="seeds the model's initialisation and the data order")
 @click.option("--every", type=click.IntRange(min=1), help="print progress every N epochs (default: about 10 lines)")
 @click.option("--quiet", "-q", is_flag=True, help="no progress lines, only the summary")
 @format_option
@@ -317,27 +343,29 @@ def compare_command(specs, problem, seeds, epochs, steps, batch_size, tol, targe
               help="values to try: lr=0.001,0.01,0.1 or lr=log(1e-4,1,9); repeat for a grid")
 @click.option("--problem", "-p", default="doubling", show_default=True,
               shell_complete=complete_component(["problem"]), help="problem spec")
-@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True, help="seeds 0..N-1 per value")
 @budget_options
 @click.option("--batch/--no-batch", "batched", default=True, show_default=True,
               help="train configurations that differ only in numbers and seeds as one batched problem")
+@click.option("--max-runs", "max_runs", type=click.IntRange(min=1), default=study.MAX_RUNS, show_default=True,
+              help="refuse a grid of more runs (values x seeds) than this")
 @format_option
 @output_option
-def sweep_command(spec, params, problem, seeds, epochs, steps, batch_size, tol, target, dtype, batched, fmt,
-                  output_path):
+def sweep_command(spec, params, problem, seeds, epochs, steps, batch_size, tol, target, dtype, batched, max_runs,
+                  fmt, output_path):
     """Vary hyperparameters of SPEC and tabulate iterations to convergence, final loss, divergence.
 
     Example: gdzoo sweep sgd --param lr=0.001,0.01,0.1,1,10 --problem doubling
     """
     registry = default_registry()
-    parsed = study.parse_params(params)
+    parsed = study.parse_params(params, max_runs)
     total = seeds
     for values in parsed.values():
         total *= len(values)
     result = _run_study(lambda progress: study.sweep(
         spec, parsed, problem, seeds=seeds, epochs=epochs, steps=steps, batch_size=batch_size,
         tol=_tol_default(tol, 1e-6), target=target, dtype=dtype, registry=registry, on_result=progress,
-        batched=batched),
+        batched=batched, max_runs=max_runs),
         total, "sweeping")
     _report(result, fmt, output_path)
 

@@ -243,10 +243,12 @@ def compare(specs: Sequence[str] | None = None, problem=None, *, seeds: int | Se
     return execute(problem, trials, registry=registry, **kwargs)
 
 
+MAX_RUNS = 10_000  # runs a study may plan unless the caller raises the limit (max_runs=, --max-runs)
+
 _RANGE = re.compile(r"^(log|lin)\(\s*([^,]+),\s*([^,]+),\s*(\d+)\s*\)$")
 
 
-def parse_param(text: str) -> tuple[str, list[str]]:
+def parse_param(text: str, max_runs: int = MAX_RUNS) -> tuple[str, list[str]]:
     """``lr=0.001,0.01,0.1`` or ``lr=log(1e-4,1,9)`` / ``lin(a,b,n)`` -> (name, values as text)."""
     name, eq, values = text.partition("=")
     name = name.strip()
@@ -259,19 +261,40 @@ def parse_param(text: str) -> tuple[str, list[str]]:
             lo_f, hi_f, count = float(lo), float(hi), int(n)
         except ValueError:
             raise SpecError("range bounds must be numbers", text, len(name) + 1, len(text)) from None
+        if not (math.isfinite(lo_f) and math.isfinite(hi_f)):
+            raise SpecError("range bounds must be finite numbers", text, len(name) + 1, len(text))
         if count < 1:
             raise SpecError(f"a {kind} range needs N >= 1 values", text, len(name) + 1, len(text))
+        if count > max_runs:
+            raise SpecError(f"a {kind} range of {count:,} values is more than the {max_runs:,} runs a study may "
+                            f"plan (--max-runs raises the limit)", text, len(name) + 1, len(text))
         if kind == "log" and (lo_f <= 0 or hi_f <= 0):
             raise SpecError("a log range needs positive bounds", text, len(name) + 1, len(text))
         grid = np.geomspace(lo_f, hi_f, count) if kind == "log" else np.linspace(lo_f, hi_f, count)
-        return name, [repr(float(f"{v:.6g}")) for v in grid]
+        return name, _distinct(name, [repr(float(f"{v:.6g}")) for v in grid], text)
     if re.match(r"^(log|lin)\s*\(", values.strip()):  # a range, but not a well-formed one
         raise SpecError("a range is log(LOW,HIGH,N) or lin(LOW,HIGH,N): two numbers and a whole number N",
                         text, len(name) + 1, len(text))
     items = [v.strip() for v in _top_level_split(values)]  # tuples: betas=(0.9,0.999),(0.5,0.9)
     if any(not v for v in items):
         raise SpecError("empty value in the list", text, len(name) + 1, len(text))
-    return name, items
+    return name, _distinct(name, items, text)
+
+
+def _distinct(name: str, values: list[str], text: str) -> list[str]:
+    """Values given twice (0.1 and 1e-1 too, or a range rounded to the same 6 digits) would be
+    one row twice: an error, naming the value."""
+    seen: dict[Any, str] = {}
+    for value in values:
+        try:
+            key: Any = float(value)
+        except (TypeError, ValueError):  # tuples (betas) and other text
+            key = str(value).replace(" ", "")
+        if key in seen:
+            raise SpecError(f"{name}: the value {value} is given twice" + (f" (as {seen[key]})" if seen[key] != value
+                            else "") + "; give each value once", text, 0, len(text))
+        seen[key] = value
+    return values
 
 
 def _top_level_split(text: str) -> list[str]:
@@ -285,9 +308,9 @@ def _top_level_split(text: str) -> list[str]:
     return items + [text[start:]]
 
 
-def parse_params(texts: Sequence[str]) -> dict[str, list[str]]:
+def parse_params(texts: Sequence[str], max_runs: int = MAX_RUNS) -> dict[str, list[str]]:
     """Several ``NAME=VALUES`` texts (one per ``--param``) -> {name: values}; a name given twice is an error."""
-    parsed = [parse_param(text) for text in texts]
+    parsed = [parse_param(text, max_runs) for text in texts]
     names = [name for name, _ in parsed]
     for name in names:
         if names.count(name) > 1:
@@ -297,17 +320,27 @@ def parse_params(texts: Sequence[str]) -> dict[str, list[str]]:
 
 
 def sweep(spec: str, params: dict[str, Sequence[Any]] | Sequence[str], problem=None, *,
-          seeds: int | Sequence[int] = 1, registry: Registry | None = None, **kwargs) -> Study:
+          seeds: int | Sequence[int] = 1, registry: Registry | None = None, max_runs: int = MAX_RUNS,
+          **kwargs) -> Study:
     """Vary hyperparameters of ``spec`` over a grid; one table row per combination.
 
     ``params`` maps a hyperparameter (as ``gdzoo.optimizer`` keywords take it) to its values, or
-    is a list of ``"lr=0.001,0.01"`` / ``"lr=log(1e-4,1,9)"`` strings.
+    is a list of ``"lr=0.001,0.01"`` / ``"lr=log(1e-4,1,9)"`` strings.  A grid of more than
+    ``max_runs`` runs (values x seeds) is refused with its size.
     """
     if not isinstance(params, dict):
-        params = parse_params(params)
+        params = parse_params(params, max_runs)
     if not params:
         raise GdzooError("sweep needs at least one --param NAME=VALUES")
     names = list(params)
+    for name in names:
+        if isinstance(params[name], (str, bytes)) or not hasattr(params[name], "__iter__"):
+            raise GdzooError(f"sweep: the values of {name!r} must be a list, got {params[name]!r}")
+        params[name] = _distinct(name, list(params[name]), name)
+    size = math.prod(len(params[n]) for n in names) * len(seeds_of(seeds))
+    if size > max_runs:
+        raise SpecError(f"this sweep plans {size:,} runs, more than the limit of {max_runs:,} "
+                        f"(raise it with --max-runs, or max_runs= in Python)")
     grid = list(itertools.product(*(params[n] for n in names)))
     trials = [Trial(spec, seed, tuple(zip(names, combo))) for combo in grid for seed in seeds_of(seeds)]
     kwargs.setdefault("tol", 1e-6)

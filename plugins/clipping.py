@@ -22,8 +22,8 @@ class ClipNorm(Transform):
     name = "clip_norm"
     stage = "grad"
     hyperparameters = (
-        Hyper("max_norm", 1.0, "float", "largest allowed norm of all gradients together, > 0"),
-        Hyper("norm_type", 2.0, "float", "p of the p-norm; inf for the largest absolute value"),
+        Hyper("max_norm", 1.0, "float", "largest allowed norm of all gradients together, > 0", allow_inf=True),
+        Hyper("norm_type", 2.0, "float", "p of the p-norm; inf for the largest absolute value", allow_inf=True),
     )
 
     def check(self, hp):
@@ -88,7 +88,7 @@ class ClipValue(Transform):
 
     name = "clip_value"
     stage = "grad"
-    hyperparameters = (Hyper("clip_value", 1.0, "float", "largest allowed absolute gradient element, > 0"),)
+    hyperparameters = (Hyper("clip_value", 1.0, "float", "largest allowed absolute gradient element, > 0", allow_inf=True),)
 
     supports = ("batched",)
 

@@ -493,7 +493,14 @@ def test_python_m_gdzoo_compare():
     (["sweep", "sgd", "--param", "lr=0.1", "--param", "lr=0.2", "-p", "doubling", "--steps", "3"],
      "--param lr given 2 times"),
     (["compare", "sgd:lr=0.1", "sgd:lr=0.1", "-p", "doubling", "--steps", "3"], "given 2 times"),
-    (["run", "doubling", "sgd", "--tol", "-1"], "-1.0 is not in the range x>=0"),
+    (["run", "doubling", "sgd", "--tol", "-1"], "-1 is below 0"),
+    (["run", "doubling", "sgd", "--tol", "nan"], "'nan' is not a finite number"),
+    (["compare", "sgd", "-p", "doubling", "--tol", "inf"], "'inf' is not a finite number"),
+    (["sweep", "sgd", "--param", "lr=0.1", "--target", "nan"], "'nan' is not a finite number"),
+    (["run", "doubling", "sgd", "--target", "y"], "'y' is not a number"),
+    (["run", "doubling", "sgd", "--seed", "99999999999999999999"], "--seed"),
+    (["run", "doubling", "sgd:lr=inf"], "lr expects float, got 'inf' (must be finite)"),
+    (["run", "doubling:w0=nan", "sgd"], "w0 expects float, got 'nan' (not a number)"),
     (["sweep", "sgd", "--param", "lr=lin(0,1,0)", "-p", "doubling"], "a lin range needs N >= 1 values"),
 ])
 def test_the_same_bad_value_is_a_usage_error_in_every_command(args, message):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -504,3 +505,27 @@ def test_sweep_over_a_tuple_hyperparameter():
     alone = gdzoo.sweep("adam", ["lr=0.1", "betas=(0.9,0.999),(0.5,0.9)"], "doubling", epochs=3, batched=False)
     assert [r.history for r in study.runs] == [r.history for r in alone.runs]
     assert [row["betas"] for row in study.rows()] == ["(0.9,0.999)", "(0.5,0.9)"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("lr=lin(0,inf,3)", "range bounds must be finite numbers"),
+    ("lr=log(1e-3,1e400,3)", "range bounds must be finite numbers"),
+    ("lr=0.1,0.1", "the value 0.1 is given twice"),
+    ("lr=0.1,1e-1", "the value 1e-1 is given twice (as 0.1)"),
+    ("lr=inf,inf", "the value inf is given twice"),
+    ("betas=(0.9,0.99),(0.9, 0.99)", "given twice"),
+    ("lr=lin(0.001,0.1,100000000)", "a lin range of 100,000,000 values is more than the 10,000 runs"),
+])
+def test_sweep_values_that_would_mislead_are_refused(text, message):
+    """No nan learning rate from a range to inf, no row twice, no grid that eats the memory."""
+    with pytest.raises(gdzoo.SpecError, match=re.escape(message)):
+        parse_param(text)
+
+
+def test_a_grid_over_the_limit_is_refused_with_its_size_unless_raised():
+    with pytest.raises(gdzoo.SpecError, match="plans 300 runs, more than the limit of 100"):
+        gdzoo.sweep("sgd", {"lr": [0.1, 0.2, 0.3], "momentum": [i / 200 for i in range(100)]}, "doubling",
+                    max_runs=100)
+    with pytest.raises(gdzoo.SpecError, match="0.1 is given twice"):
+        gdzoo.sweep("sgd", {"lr": [0.1, 0.1]}, "doubling")
+    assert len(gdzoo.sweep("sgd", {"lr": [0.1, 0.2]}, "doubling", steps=2, max_runs=2).runs) == 2

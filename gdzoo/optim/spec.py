@@ -27,7 +27,8 @@ class Hyper:
     """One hyperparameter: its name, default, type and a line of help.
 
     ``kind`` is one of float, int, bool, str, floats (a tuple of floats), ints.
-    ``choices`` restricts str values; ``length`` fixes the length of a tuple.
+    ``choices`` restricts str values; ``length`` fixes the length of a tuple.  Floats are never
+    nan, and infinite only where ``allow_inf`` says so (``norm_type=inf``).
     """
 
     name: str
@@ -36,10 +37,14 @@ class Hyper:
     help: str = ""
     choices: tuple[str, ...] | None = None
     length: int | None = None
+    allow_inf: bool = False
 
     def __post_init__(self):
         if self.kind not in _KINDS:
             raise ValueError(f"Hyper {self.name!r}: kind must be one of {', '.join(_KINDS)}, not {self.kind!r}")
+
+    def _finite(self, value: float | int) -> float | int:
+        return _finite_check(value, self.allow_inf)
 
     @property
     def type_name(self) -> str:
@@ -76,7 +81,7 @@ class Hyper:
                 return value.strip().lower() in _TRUE
             raise ValueError("")
         if kind == "float":
-            return _to_float(value)
+            return self._finite(_to_float(value))
         if kind == "int":
             return _to_int(value)
         if kind == "str":
@@ -95,11 +100,19 @@ class Hyper:
             items = [value]
         else:
             items = list(value)
-        convert = _to_float if kind == "floats" else _to_int
+        convert = (lambda v: self._finite(_to_float(v))) if kind == "floats" else _to_int
         result = tuple(convert(v) for v in items)
         if self.length is not None and len(result) != self.length:
             raise ValueError(f"{self.length} values needed")
         return result
+
+
+def _finite_check(value: float | int, allow_inf: bool) -> float | int:
+    if isinstance(value, float) and math.isnan(value):
+        raise ValueError("not a number")
+    if isinstance(value, float) and math.isinf(value) and not allow_inf:
+        raise ValueError("must be finite")
+    return value
 
 
 def _to_float(value: Any) -> float | int:
