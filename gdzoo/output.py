@@ -46,14 +46,15 @@ def _cell(value: Any) -> Any:
 
 def render(rows: Sequence[dict[str, Any]], fmt: str = DEFAULT_FORMAT, headers: Iterable[str] | None = None,
            data: Any = None, floatfmt: str = "g") -> str:
-    """Render ``rows`` (dicts with the same keys) as a table in ``fmt``.
+    """Render ``rows`` (dicts) as a table in ``fmt``; the columns are every key of any row, in the
+    order they first appear (a row without one, a diverged run's metrics say, shows it empty).
 
     For json, ``data`` (if given) is written instead of the rows, so a command can emit its full
     result (histories and all) while the table shows a summary.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    headers = list(headers) if headers is not None else (list(rows[0]) if rows else [])
+    headers = list(headers) if headers is not None else list(dict.fromkeys(k for row in rows for k in row))
     if fmt == "json":
         return to_json(data if data is not None else [dict(r) for r in rows])
     if fmt == "csv":

@@ -59,9 +59,13 @@ class Study:
         return [(firsts[k], v) for k, v in by_key.items()]
 
     def rows(self) -> list[dict[str, Any]]:
-        rows = [self._row(trial, results) for trial, results in self.groups()]
+        groups = self.groups()
+        rows = [self._row(trial, results) for trial, results in groups]
         if self.kind == "compare":
             rows.sort(key=lambda r: (r["_rank"], r["_key"]))
+        else:  # a sweep reads down its grid: rows in the order of the swept values
+            order = sorted(range(len(rows)), key=lambda i: tuple(_order_key(v) for _, v in groups[i][0].overrides))
+            rows = [rows[i] for i in order]
         for r in rows:
             r.pop("_rank")
             r.pop("_key")
@@ -105,6 +109,16 @@ class Study:
 
     def __str__(self) -> str:
         return self.render()
+
+
+def _order_key(value: Any) -> tuple:
+    """Swept values in numeric order where they are numbers (tuples item by item), else as text."""
+    if isinstance(value, (tuple, list)):
+        return tuple(_order_key(v) for v in value)
+    try:
+        return (0, float(str(value).strip("()")), "")
+    except ValueError:
+        return (1, 0.0, str(value))
 
 
 def _fmt(x: float) -> str:

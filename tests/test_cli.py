@@ -536,3 +536,14 @@ def test_a_closed_pipe_ends_quietly():
     proc = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=120, executable="/bin/bash")
     assert proc.stdout.startswith("step 1") or proc.stdout.startswith("epoch 1"), proc.stdout
     assert proc.stderr == "" and proc.returncode == 0, proc.stderr
+
+
+def test_sweep_table_keeps_every_column_and_reads_down_the_grid():
+    """Headers came from the first row: when it diverged, every metric column vanished. Rows are
+    in the order of the swept values, not the order given."""
+    result = invoke("sweep", "sgd", "--param", "lr=10,1,0.1,0.01", "--problem", "doubling", "--steps", 200,
+                    "--format", "csv")
+    rows = parse_csv(result.stdout)
+    assert [r["lr"] for r in rows] == ["0.01", "0.1", "1", "10"]
+    assert {"mse", "mae", "r2", "loss gap", "distance"} <= set(rows[0])
+    assert rows[0]["mse"] and rows[-1]["final loss"] == "diverged" and rows[-1]["mse"] == ""
