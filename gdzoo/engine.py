@@ -120,6 +120,7 @@ class Setup:
     problem_name: str
     objective: Callable[[torch.Tensor], torch.Tensor] | None = None
     model_component: Any = None  # the registered Model that built ``module`` (None: the user's module)
+    defaults: bool = True  # trained with the problem's own model and loss (its optimum is theirs)
 
 
 def _squeeze(pred: torch.Tensor) -> torch.Tensor:
@@ -156,9 +157,11 @@ def setup(problem: str | Problem | None, *, seed: int, dtype: torch.dtype, regis
         if not isinstance(model, nn.Module) or loss_fn is None or data is None:
             raise GdzooError("without a problem, give model= (an nn.Module), loss= and data=")
         dataset, loader = _user_data(data, dtype)
+        _not_empty(dataset, "data")
         # Train a copy in the run's dtype: the data is converted to it, so the module must be too.
         return Setup(copy.deepcopy(model).to(dtype), loss_fn, dataset, loader, None, "custom")
     prob, name = build_problem(problem, registry)
+    model_spec = None if model is None else model if isinstance(model, str) else object()
     # The seed drives torch's own initialisation of the model; only the CPU generator is touched
     # (torch.manual_seed would also seed every accelerator backend, at 0.5 ms a call).
     with torch.random.fork_rng(devices=[]):
@@ -170,6 +173,7 @@ def setup(problem: str | Problem | None, *, seed: int, dtype: torch.dtype, regis
         if dataset is None:
             raise GdzooError(f"problem {name!r} has no data and is not a function problem")
         dataset = dataset.to(dtype)
+        _not_empty(dataset, f"problem {name!r}")
         if isinstance(model, nn.Module):
             module = copy.deepcopy(model)
         else:
@@ -181,8 +185,16 @@ def setup(problem: str | Problem | None, *, seed: int, dtype: torch.dtype, regis
     if loss_fn is None:
         comp, values = registry.bind("loss", prob.default_loss())
         loss_fn = comp.obj(**values)
+    own = (model_spec is None or model_spec == prob.default_model()) and \
+        (loss is None or (isinstance(loss, str) and loss == prob.default_loss()))
     return Setup(module, loss_fn, dataset, None, prob, name,
-                 model_component=model if not isinstance(model, (nn.Module, str, type(None))) else None)
+                 model_component=model if not isinstance(model, (nn.Module, str, type(None))) else None,
+                 defaults=own)
+
+
+def _not_empty(dataset: Dataset | None, what: str) -> None:
+    if dataset is not None and len(dataset) == 0:
+        raise GdzooError(f"{what} has no rows: there is nothing to train on")
 
 
 def _user_data(data: Any, dtype: torch.dtype) -> tuple[Dataset | None, Iterable | None]:
@@ -381,7 +393,7 @@ def _finish(spec, s: Setup, budget: Budget, seed, status, step, epoch, history, 
     summary: list[str] = []
     if status != "diverged" and s.problem is not None:
         metrics.update(s.problem.metrics(pred, s.data) if evaluated is None else evaluated[1])
-        optimum = s.problem.known_optimum()
+        optimum = s.problem.known_optimum() if s.defaults else None  # another model's or loss's optimum: none
         if optimum is not None:
             metrics["loss gap"] = final - optimum.loss
             if optimum.params is not None:

@@ -19,9 +19,7 @@ DTYPE = torch.float64  # data and starting points are made in float64; the engin
 
 # --- shared helpers -------------------------------------------------------------------------------
 def _at_least(options: dict[str, Any], name: str, low: float) -> None:
-    if not math.isfinite(options[name]):
-        raise ValueError(f"{name} must be finite, got {options[name]}")
-    if options[name] < low:
+    if options[name] < low:  # (nan and inf never get here: gdzoo.Hyper refuses them)
         raise ValueError(f"{name} must be >= {low}, got {options[name]}")
 
 
@@ -34,15 +32,23 @@ def _with_bias(X: torch.Tensor) -> torch.Tensor:
 
 
 def least_squares_optimum(data: Dataset) -> Optimum:
-    """The exact optimum of mse regression with a linear model (params: weights, then bias)."""
+    """The exact optimum of mse regression with a linear model (params: weights, then bias).
+
+    With at least as many rows as parameters and independent columns the minimiser is unique:
+    QR gives it (deterministic to the bit).  Otherwise (one row, a column that repeats another)
+    every minimiser has the same loss but there are many: the loss comes from the minimum-norm
+    solution (lstsq's SVD driver), and no parameters are given (a distance to one of many
+    minimisers would mean nothing)."""
     X, y = _with_bias(data.X.to(DTYPE)), data.y.to(DTYPE)
-    # QR is deterministic to the bit (lstsq's default driver is not); lstsq if X is rank-deficient.
-    q, r = torch.linalg.qr(X)
-    if bool((r.diagonal().abs() > 1e-12 * r.diagonal().abs().max()).all()):
-        params = torch.linalg.solve_triangular(r, (q.T @ y).unsqueeze(1), upper=True).squeeze(1)
-    else:
-        params = torch.linalg.lstsq(X, y.unsqueeze(1)).solution.squeeze(1)
-    return Optimum(loss=float(((X @ params - y) ** 2).mean()), params=params)
+    n, d = X.shape
+    if n >= d:
+        q, r = torch.linalg.qr(X)
+        diag = r.diagonal().abs()
+        if float(diag.max()) > 0 and bool((diag > 1e-10 * diag.max()).all()):
+            params = torch.linalg.solve_triangular(r, (q.T @ y).unsqueeze(1), upper=True).squeeze(1)
+            return Optimum(loss=float(((X @ params - y) ** 2).mean()), params=params)
+    params = torch.linalg.lstsq(X, y.unsqueeze(1), driver="gelsd").solution.squeeze(1)
+    return Optimum(loss=float(((X @ params - y) ** 2).mean()))
 
 
 def logistic_optimum(data: Dataset, iterations: int = 100) -> Optimum | None:
@@ -298,8 +304,6 @@ class FunctionProblem(Problem):
         dim, x0 = cls.dimension(options), options["x0"]
         if len(x0) not in (1, dim):
             raise ValueError(f"x0 has {len(x0)} values but the point has {dim}: give 1 (repeated) or {dim}")
-        if not all(math.isfinite(v) for v in x0):
-            raise ValueError(f"x0 must be finite, got {x0}")
 
     def init(self):
         x0 = torch.tensor(self.options["x0"], dtype=DTYPE)

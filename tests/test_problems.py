@@ -502,10 +502,41 @@ def test_data_error_is_a_gdzoo_error():
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("quadratic:cond=1e400", "cond must be finite, got inf"),
-    ("rosenbrock:x0=(inf,1)", "x0 must be finite"),
-    ("linear:noise=nan", "noise must be finite, got nan"),
+    ("quadratic:cond=1e400", "cond expects float, got '1e400' (must be finite)"),
+    ("rosenbrock:x0=(inf,1)", "x0 expects (float,float), got '(inf,1)' (must be finite)"),
+    ("rosenbrock:x0=(nan,1)", "(not a number)"),
+    ("doubling:w0=nan", "w0 expects float, got 'nan' (not a number)"),
+    ("linear:noise=nan", "noise expects float, got 'nan' (not a number)"),
 ])
 def test_problem_options_must_be_finite(spec, message):
     with pytest.raises(SpecError, match=re.escape(message)):
         gdzoo.registry().bind("problem", spec)
+
+
+def test_loss_gap_only_for_the_problems_own_model_and_loss():
+    """The optimum belongs to the problem's default model and loss: with another loss there is no
+    loss gap (mae against the mse optimum gave negative gaps)."""
+    assert "loss gap" not in gdzoo.run("sgd", "linear", loss="mae", epochs=3).metrics
+    assert "loss gap" not in gdzoo.run("sgd", "linear", model="mlp", epochs=3).metrics
+    assert "loss gap" in gdzoo.run("sgd", "linear", loss="mse", epochs=3).metrics
+
+
+@pytest.mark.parametrize("text, distance", [
+    ("x,y\n1,3\n", False),  # one row: a line through it, many minimisers
+    ("x,y\n1,3\n2,5\n4,7\n", True),
+    ("a,b,y\n1,2,3\n2,4,5\n3,6,8\n4,8,9\n", False),  # b = 2a: collinear columns
+])
+def test_least_squares_optimum_is_right_on_degenerate_data(tmp_path, text, distance):
+    """One row gave a loss gap of -9, a column twice another a distance of 79,390: the optimum is
+    now the minimum-norm least-squares loss, and a distance only where the minimiser is unique."""
+    path = tmp_path / "d.csv"
+    path.write_text(text)
+    result = gdzoo.run("sgd:lr=0.05", f"csv:{path},target=y", epochs=3000, dtype="float64")
+    assert result.status in ("budget", "converged")
+    assert -1e-9 <= result.metrics["loss gap"] < 1e-3
+    assert ("distance" in result.metrics) == distance
+
+
+def test_empty_data_is_an_error_not_a_diverged_run():
+    with pytest.raises(gdzoo.GdzooError, match="no rows"):
+        gdzoo.run("sgd", model=torch.nn.Linear(1, 1), loss="mse", data=(torch.zeros(0, 1), torch.zeros(0)))
