@@ -312,9 +312,10 @@ def _small_params(module):
 
 @cli.command("compare")
 @click.argument("specs", nargs=-1, shell_complete=complete_component(["optimizer", "transform"]))
-@click.option("--problem", "-p", default=study.DEFAULT_PROBLEM, show_default=True,
+@click.option("--problem", "-p", default=study.COMPARE_DEFAULTS["problem"], show_default=True,
               shell_complete=complete_component(["problem"]), help="problem spec, e.g. linear:n=200")
-@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True, help="seeds 0..N-1 per spec")
+@click.option("--seeds", type=click.IntRange(min=1), default=study.COMPARE_DEFAULTS["seeds"], show_default=True,
+              help="seeds 0..N-1 per spec")
 @budget_options
 @click.option("--batch/--no-batch", "batched", default=True, show_default=True,
               help="train configurations that differ only in numbers and seeds as one batched problem")
@@ -331,8 +332,8 @@ def compare_command(specs, problem, seeds, epochs, steps, batch_size, tol, targe
     specs = list(specs) or list(prob.zoo)
     result = _run_study(lambda progress: study.compare(
         specs, problem, seeds=seeds, epochs=epochs, steps=steps, batch_size=batch_size,
-        tol=_tol_default(tol, 1e-6), target=target, dtype=dtype, registry=registry, on_result=progress,
-        batched=batched),
+        tol=_tol_default(tol, study.COMPARE_DEFAULTS["tol"]), target=target, dtype=dtype, registry=registry,
+        on_result=progress, batched=batched),
         len(specs) * seeds, "comparing")
     _report(result, fmt, output_path)
 
@@ -341,9 +342,10 @@ def compare_command(specs, problem, seeds, epochs, steps, batch_size, tol, targe
 @click.argument("spec", shell_complete=complete_component(["optimizer", "transform"]))
 @click.option("--param", "params", multiple=True, required=True, metavar="NAME=VALUES",
               help="values to try: lr=0.001,0.01,0.1 or lr=log(1e-4,1,9); repeat for a grid")
-@click.option("--problem", "-p", default="doubling", show_default=True,
+@click.option("--problem", "-p", default=study.SWEEP_DEFAULTS["problem"], show_default=True,
               shell_complete=complete_component(["problem"]), help="problem spec")
-@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True, help="seeds 0..N-1 per value")
+@click.option("--seeds", type=click.IntRange(min=1), default=study.SWEEP_DEFAULTS["seeds"], show_default=True,
+              help="seeds 0..N-1 per value")
 @budget_options
 @click.option("--batch/--no-batch", "batched", default=True, show_default=True,
               help="train configurations that differ only in numbers and seeds as one batched problem")
@@ -364,8 +366,8 @@ def sweep_command(spec, params, problem, seeds, epochs, steps, batch_size, tol, 
         total *= len(values)
     result = _run_study(lambda progress: study.sweep(
         spec, parsed, problem, seeds=seeds, epochs=epochs, steps=steps, batch_size=batch_size,
-        tol=_tol_default(tol, 1e-6), target=target, dtype=dtype, registry=registry, on_result=progress,
-        batched=batched, max_runs=max_runs),
+        tol=_tol_default(tol, study.SWEEP_DEFAULTS["tol"]), target=target, dtype=dtype, registry=registry,
+        on_result=progress, batched=batched, max_runs=max_runs),
         total, "sweeping")
     _report(result, fmt, output_path)
 

@@ -176,6 +176,10 @@ def setup(problem: str | Problem | None, *, seed: int, dtype: torch.dtype, regis
         _not_empty(dataset, f"problem {name!r}")
         if isinstance(model, nn.Module):
             module = copy.deepcopy(model)
+            comp, values = registry.bind("model", prob.default_model())
+            default = comp.obj(**values).build(dataset.X.shape[1], prob.out_features())
+            if _same_structure(module, default):  # the problem's own model, built by the user
+                model_spec = None
         else:
             comp, values = registry.bind("model", model or prob.default_model())
             model = comp.obj(**values)
@@ -190,6 +194,12 @@ def setup(problem: str | Problem | None, *, seed: int, dtype: torch.dtype, regis
     return Setup(module, loss_fn, dataset, None, prob, name,
                  model_component=model if not isinstance(model, (nn.Module, str, type(None))) else None,
                  defaults=own)
+
+
+def _same_structure(a: nn.Module, b: nn.Module) -> bool:
+    """The same module classes with the same parameter names and shapes (the same model family)."""
+    return [type(m) for m in a.modules()] == [type(m) for m in b.modules()] and \
+        [(n, p.shape) for n, p in a.named_parameters()] == [(n, p.shape) for n, p in b.named_parameters()]
 
 
 def _not_empty(dataset: Dataset | None, what: str) -> None:

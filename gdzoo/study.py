@@ -235,16 +235,26 @@ def seeds_of(seeds: int | Sequence[int]) -> list[int]:
     return list(seeds)
 
 
-def compare(specs: Sequence[str] | None = None, problem=None, *, seeds: int | Sequence[int] = 1,
-            registry: Registry | None = None, **kwargs) -> Study:
+# The defaults of compare and sweep, for the Python API and the CLI alike (the README states them).
+COMPARE_DEFAULTS = {"problem": "purchase", "seeds": 3, "tol": 1e-6}
+SWEEP_DEFAULTS = {"problem": "doubling", "seeds": 1, "tol": 1e-6}
+
+
+def compare(specs: Sequence[str] | str | None = None, problem=None, *,
+            seeds: int | Sequence[int] = COMPARE_DEFAULTS["seeds"], registry: Registry | None = None,
+            **kwargs) -> Study:
     """Run every spec on the same problem, data order and seeds; ``str(result)`` is the table.
 
     With no specs, the problem's own zoo (the built-in optimizers at learning rates that suit it).
     Other keywords as :func:`gdzoo.run` (epochs, steps, batch_size, tol, target, dtype, model, ...).
+    Defaults (the CLI's too): problem purchase, 3 seeds, tol 1e-6 (``tol=None``: no tolerance stop).
     """
     registry = registry or default_registry()
+    if isinstance(specs, str):  # one spec, not its characters
+        specs = [specs]
+    kwargs.setdefault("tol", COMPARE_DEFAULTS["tol"])
     if problem is None and kwargs.get("model") is None:
-        problem = DEFAULT_PROBLEM
+        problem = COMPARE_DEFAULTS["problem"]
     if not specs:
         if problem is None:
             raise GdzooError("give specs to compare on your own model")
@@ -334,13 +344,14 @@ def parse_params(texts: Sequence[str], max_runs: int = MAX_RUNS) -> dict[str, li
 
 
 def sweep(spec: str, params: dict[str, Sequence[Any]] | Sequence[str], problem=None, *,
-          seeds: int | Sequence[int] = 1, registry: Registry | None = None, max_runs: int = MAX_RUNS,
-          **kwargs) -> Study:
+          seeds: int | Sequence[int] = SWEEP_DEFAULTS["seeds"], registry: Registry | None = None,
+          max_runs: int = MAX_RUNS, **kwargs) -> Study:
     """Vary hyperparameters of ``spec`` over a grid; one table row per combination.
 
     ``params`` maps a hyperparameter (as ``gdzoo.optimizer`` keywords take it) to its values, or
     is a list of ``"lr=0.001,0.01"`` / ``"lr=log(1e-4,1,9)"`` strings.  A grid of more than
-    ``max_runs`` runs (values x seeds) is refused with its size.
+    ``max_runs`` runs (values x seeds) is refused with its size.  Defaults (the CLI's too):
+    problem doubling, 1 seed, tol 1e-6.
     """
     if not isinstance(params, dict):
         params = parse_params(params, max_runs)
@@ -357,9 +368,7 @@ def sweep(spec: str, params: dict[str, Sequence[Any]] | Sequence[str], problem=N
                         f"(raise it with --max-runs, or max_runs= in Python)")
     grid = list(itertools.product(*(params[n] for n in names)))
     trials = [Trial(spec, seed, tuple(zip(names, combo))) for combo in grid for seed in seeds_of(seeds)]
-    kwargs.setdefault("tol", 1e-6)
-    problem = problem if problem is not None or kwargs.get("model") is not None else DEFAULT_PROBLEM
+    kwargs.setdefault("tol", SWEEP_DEFAULTS["tol"])
+    problem = problem if problem is not None or kwargs.get("model") is not None else SWEEP_DEFAULTS["problem"]
     return execute(problem, trials, registry=registry, kind="sweep", params=names, **kwargs)
 
-
-DEFAULT_PROBLEM = "purchase"

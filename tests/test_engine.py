@@ -317,7 +317,8 @@ def test_ctrl_c_in_on_result_keeps_the_finished_runs():
         if len(seen) == 2:
             raise KeyboardInterrupt
 
-    study = gdzoo.compare(["sgd:lr=0.01", "sgd:lr=0.1", "adam:lr=0.1"], "doubling", epochs=5, on_result=on_result)
+    study = gdzoo.compare(["sgd:lr=0.01", "sgd:lr=0.1", "adam:lr=0.1"], "doubling", seeds=1, epochs=5,
+                          on_result=on_result)
     assert study.interrupted
     assert [r.spec for r in study.runs] == seen == ["sgd:lr=0.01", "sgd:lr=0.1"]
 
@@ -357,7 +358,7 @@ def test_compare_renders_best_first_and_converts_to_a_dict():
 
 
 def test_compare_without_specs_uses_the_problems_zoo():
-    study = gdzoo.compare(problem="doubling:n=3", epochs=2)
+    study = gdzoo.compare(problem="doubling:n=3", epochs=2, seeds=1)
     assert [t.spec for t in study.trials] == list(problem("doubling").zoo)
     assert {r.problem for r in study.runs} == {"doubling:n=3"}
 
@@ -529,3 +530,20 @@ def test_a_grid_over_the_limit_is_refused_with_its_size_unless_raised():
     with pytest.raises(gdzoo.SpecError, match="0.1 is given twice"):
         gdzoo.sweep("sgd", {"lr": [0.1, 0.1]}, "doubling")
     assert len(gdzoo.sweep("sgd", {"lr": [0.1, 0.2]}, "doubling", steps=2, max_runs=2).runs) == 2
+
+
+def test_the_python_api_and_the_cli_share_their_defaults():
+    """The README writes compare(..., seeds=3): gdzoo.compare(None, "purchase") is gdzoo compare."""
+    import inspect
+
+    from gdzoo import cli, study
+
+    assert inspect.signature(gdzoo.compare).parameters["seeds"].default == 3
+    options = {p.name: p.default for p in cli.compare_command.params}
+    assert (options["problem"], options["seeds"]) == ("purchase", 3)
+    options = {p.name: p.default for p in cli.sweep_command.params}
+    assert (options["problem"], options["seeds"]) == ("doubling", 1) == \
+        (study.SWEEP_DEFAULTS["problem"], study.SWEEP_DEFAULTS["seeds"])
+    one = gdzoo.compare("sgd:lr=0.1", "doubling", epochs=3)  # a string is one spec, not its letters
+    assert {r.spec for r in one.runs} == {"sgd:lr=0.1"} and len(one.runs) == 3
+    assert one.runs[0].config["tol"] == 1e-6

@@ -356,7 +356,7 @@ def test_unchecked_hyperparameters_fail_naming_them(wrong_plugins):
     results = run_checks("unchecked", checks=["bad_hyperparameters"])
     (result,) = results
     assert result.status == "failed"
-    assert "lr=nan in a spec: accepted" in result.reason and "lr=-1" in result.reason
+    assert "lr=-1 in a spec: accepted" in result.reason  # (nan is refused by gdzoo.Hyper for everyone)
 
 
 def test_checks_that_do_not_apply_are_skipped_with_why(wrong_plugins):
