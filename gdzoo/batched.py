@@ -18,6 +18,7 @@ import copy
 import functools
 import math
 import time
+from itertools import repeat
 from typing import Any, Sequence
 
 import torch
@@ -384,10 +385,20 @@ def stacked_forward(module: nn.Module):
 def linear_with_grad(module: nn.Module, loss_fn):
     """Batched training of one linear layer with one output, by hand: ``f(params, X, y)`` computes
     the K losses and sets the weight's and bias's ``.grad`` from the loss's closed-form gradient
-    (``Loss.batched_with_grad``), with two GEMMs, no autograd graph, and the [K, n] temporaries
-    in scratch tensors kept from step to step.  f returns None if the loss has no closed form;
-    linear_with_grad returns None for other models.  Forward and gradients are autograd's own:
-    the stacked forward's GEMM, nn.Linear's ``grad_weight = g @ X``, ``grad_bias = g.sum()``."""
+    (``Loss.batched_with_grad``), with no autograd graph and the [K, n] temporaries in scratch
+    tensors kept from step to step.  f returns None if the loss has no closed form;
+    linear_with_grad returns None for other models.
+
+    Forward and gradients are autograd's own, per configuration: ``nn.Linear``'s forward
+    (``addmm(b, X, w.t())``), ``grad_weight = g.t() @ X`` and ``grad_bias = g.sum()``.  A sum
+    inside a BLAS call is added in the order that the kernel picked for the call's shapes takes
+    (MKL adds one configuration's g.t() @ x as a single chain of fused multiply-adds, the same
+    sums for K stacked configurations in another order, which depends on K and on the CPU), so
+    every product that sums is made as the separate run makes it: the same call, once per
+    configuration.  One GEMM serves all K where nothing is summed (one feature and no bias:
+    every output is a single product), and where the configurations share data with several
+    features (full-batch purchase, one seed's mini-batches): there the stacked GEMMs sum in
+    their own order, a few ulp from the separate runs (PURCHASE_TOL in the tests), for speed."""
     closed_form = getattr(loss_fn, "batched_with_grad", None)
     if not (isinstance(module, nn.Linear) and module.out_features == 1) or closed_form is None:
         return None
@@ -397,29 +408,61 @@ def linear_with_grad(module: nn.Module, loss_fn):
     def step(params, X, y):
         weight, bias = params["weight"], params.get("bias")
         K, _, d = weight.shape
+        n = X.shape[-2]
+        shared = X.dim() == 2
+        stacked = shared and d > 1  # one GEMM for all K, in MKL's order (the documented exception)
         w = weight.detach()
+        b = bias.detach().view(K, 1) if bias is not None else None
         with torch.no_grad():
-            if X.dim() == 2:  # shared data: one GEMM for all K, [K, n] row by row
-                z = torch.mm(w.view(K, d), X.t(), out=scratch("z", (K, X.shape[0]), X.dtype))
-            else:  # each configuration's own batch
-                z = torch.bmm(X, w.transpose(1, 2), out=scratch("z", (K, X.shape[1], 1), X.dtype)).squeeze(-1)
-            if bias is not None:
-                z.add_(bias.detach().view(K, 1))
+            z = scratch("z", (K, n), X.dtype)  # [K, n] row by row: what the loss's row-wise kernels want
+            if stacked or (d == 1 and b is None):
+                if shared:
+                    torch.mm(w.view(K, d), X.t(), out=z)
+                else:
+                    torch.bmm(X, w.transpose(1, 2), out=z.view(K, n, 1))
+                if b is not None:
+                    z.add_(b)
+            else:  # nn.Linear's forward of each configuration: X @ w.t() (+ b), [n, d] x [d, 1]
+                rows = zip(repeat(X) if shared else X.unbind(0), w.transpose(1, 2).unbind(0),
+                           z.view(K, n, 1).unbind(0))
+                if b is None:
+                    for Xk, wk, out in rows:
+                        torch.mm(Xk, wk, out=out)
+                else:
+                    for (Xk, wk, out), bk in zip(rows, b.unbind(0)):
+                        torch.addmm(bk, Xk, wk, out=out)
             pair = closed_form(z, y, scratch)
             if pair is None:
                 return None
             losses, g = pair
-            if X.dim() == 2:
+            if stacked:
                 if column_major[0] is not X:
                     column_major[:] = [X, X.t().contiguous().t()]
                 weight.grad = torch.mm(g, column_major[1]).view_as(weight)
-            else:
-                weight.grad = torch.bmm(g.unsqueeze(1), X).view_as(weight)
+            else:  # autograd's grad_weight of each configuration: g.t() @ X, [1, n] x [n, d]
+                grad = torch.empty_like(w)
+                for gk, Xk, out in zip(g.view(K, n, 1).transpose(1, 2).unbind(0),
+                                       repeat(X) if shared else X.unbind(0), grad.unbind(0)):
+                    torch.mm(gk, Xk, out=out)
+                weight.grad = grad
             if bias is not None:
-                bias.grad = g.sum(1).view_as(bias)
+                bias.grad = _row_sums(g).view_as(bias)
         return losses
 
     return step
+
+
+_GRAIN_SIZE = 32768  # at::internal::GRAIN_SIZE: from this many elements torch splits an op across threads
+
+
+def _row_sums(g: torch.Tensor) -> torch.Tensor:
+    """The sum of each row of g [K, n], exactly as autograd's bias gradient (``sum_to_size`` of that
+    row alone) computes it: one reduction over the stack reduces every row in one thread, in a 1-D
+    row's order, but a row that alone reaches torch's grain size is reduced by several threads
+    (in parts, then combined), so such rows are reduced one by one."""
+    if g.shape[1] < _GRAIN_SIZE or torch.get_num_threads() == 1:
+        return g.sum(1)
+    return torch.stack([row.sum() for row in g])
 
 
 def _squeeze_k(pred: torch.Tensor) -> torch.Tensor:

@@ -59,6 +59,41 @@ def _row_dims(x: torch.Tensor) -> tuple[int, ...]:
     return tuple(range(1, x.dim()))
 
 
+GRAIN_SIZE = 32768  # at::internal::GRAIN_SIZE: from this many elements torch splits an op across threads
+
+
+def _rowwise(op, x: torch.Tensor, buffer: torch.Tensor | None = None) -> torch.Tensor:
+    """``op(x)`` for a contiguous stack x of K rows, each row's elements computed exactly as ``op``
+    computes them on that row alone, a contiguous 1-D tensor (a separate run's).
+
+    Torch's vectorised elementwise kernels compute each run of 2 x (vector width) elements with
+    the vector code and the rest of the run with the scalar code, and for some ops (sigmoid: a
+    vectorised exp) the two round differently; on K rows flattened into one run, a row's last
+    elements would take the other code.  So the result is written with rows ``m + 1`` apart
+    (``buffer``: [K, m + 1], or a fresh one), where the dimensions cannot merge into one run:
+    every row is its own run, from its first element.  Row blocks under torch's grain size are
+    computed in one thread each, so no block boundary falls inside a row either (a row that
+    alone reaches the grain is computed alone, split across threads as it would be alone)."""
+    K, m = x.shape[0], x[0].numel()
+    if buffer is None:
+        buffer = torch.empty((K, m + 1), dtype=x.dtype)
+    out, rows = buffer[:, :m], x.view(K, m)
+    step = K if torch.get_num_threads() == 1 else max(1, (GRAIN_SIZE - 1) // max(m, 1))
+    for i in range(0, K, step):
+        op(rows[i:i + step], out=out[i:i + step])
+    return out.view(x.shape)
+
+
+def _row_means(x: torch.Tensor) -> torch.Tensor:
+    """The mean of each row of a contiguous stack x ([K]), exactly as ``torch.mean`` of that row
+    alone computes it.  A reduction over the stack reduces every row in one thread, in a 1-D
+    row's order; but a row that alone reaches torch's grain size is reduced by several threads
+    (in parts, then combined), so such rows are reduced one by one, as a separate run does."""
+    if x[0].numel() < GRAIN_SIZE or torch.get_num_threads() == 1:
+        return x.mean(dim=_row_dims(x))
+    return torch.stack([row.mean() for row in x])
+
+
 class _ClosedForm(torch.autograd.Function):
     """Stacked row losses as one autograd node, their gradient computed with them (rows_and_grad):
     no [K, n] copies of the target, the ones or the 1/n that autograd's generic graph would make."""
@@ -88,7 +123,7 @@ class MSE(_Elementwise):
         shape, dtype = prediction.shape, prediction.dtype
         diff = torch.sub(prediction, target, out=scratch and scratch("mse.diff", shape, dtype))
         square = torch.square(diff, out=scratch and scratch("mse.square", shape, dtype))
-        return square.mean(dim=_row_dims(diff)), diff.mul_(2.0 / diff[0].numel())
+        return _row_means(square), diff.mul_(2.0 / diff[0].numel())
 
 
 class MAE(_Elementwise):
@@ -133,8 +168,8 @@ class BCE(_Elementwise):
             log_sigmoid, _ = torch.ops.aten.log_sigmoid_forward.output(
                 x, output=scratch("bce.log_sigmoid", shape, dtype), buffer=scratch("bce.buffer", shape, dtype))
         values = torch.mul(1 - target, x, out=scratch and scratch("bce.loss", shape, dtype)).sub_(log_sigmoid)
-        grad = torch.sigmoid(x, out=scratch and scratch("bce.grad", shape, dtype))
-        return values.mean(dim=_row_dims(x)), grad.sub_(target).div_(x[0].numel())
+        grad = _rowwise(torch.sigmoid, x, scratch and scratch("bce.grad", (shape[0], x[0].numel() + 1), dtype))
+        return _row_means(values), grad.sub_(target).div_(x[0].numel())
 
 
 class CrossEntropy(Loss):
