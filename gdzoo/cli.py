@@ -170,6 +170,11 @@ SEED = click.IntRange(min=0, max=2 ** 63 - 1)  # what torch.Generator.manual_see
 def budget_options(f):
     """Options every training command shares."""
     options = [
+        click.option("--model", "model", default=None, metavar="NAME[:OPTIONS]",
+                     shell_complete=complete_component(["model"]),
+                     help="model of a data problem, e.g. mlp:hidden=32 (default: the problem's; 'gdzoo list models')"),
+        click.option("--loss", "loss", default=None, metavar="NAME[:OPTIONS]", shell_complete=complete_component(["loss"]),
+                     help="loss, e.g. huber:delta=0.5 (default: the problem's; one that does not fit its task is refused)"),
         click.option("--epochs", type=click.IntRange(min=1), help="passes over the data (default: the problem's)"),
         click.option("--steps", type=click.IntRange(min=1), help="optimizer steps (instead of, or capping, epochs)"),
         click.option("--batch-size", "batch_size", default="full", show_default=True, metavar="full|N",
@@ -250,10 +255,12 @@ def _report(result, fmt, output_path):
 @click.option("--seed", type=SEED, default=0, show_default=True, help="seeds the model's initialisation and the data order")
 @click.option("--every", type=click.IntRange(min=1), help="print progress every N epochs (default: about 10 lines)")
 @click.option("--quiet", "-q", is_flag=True, help="no progress lines, only the summary")
+@click.option("--save", "save_path", callback=lambda ctx, param, value: _output_path(ctx, param, value),
+              metavar="FILE", help="write the trained model's state_dict to FILE (torch.save)")
 @format_option
 @output_option
-def run_command(problem, spec, epochs, steps, batch_size, tol, target, dtype, seed, every, quiet, fmt,
-                output_path):
+def run_command(problem, spec, model, loss, epochs, steps, batch_size, tol, target, dtype, seed, every, quiet,
+                save_path, fmt, output_path):
     """Train one PROBLEM with one optimizer SPEC and print progress like the tutorials do.
 
     Example: gdzoo run doubling sgd:lr=0.01 --epochs 20
@@ -276,8 +283,8 @@ def run_command(problem, spec, epochs, steps, batch_size, tol, target, dtype, se
                    err=to_stderr)
 
     result = engine.run(spec, prob, seed=seed, epochs=epochs, steps=steps, batch_size=batch_size,
-                        tol=_tol_default(tol, None),
-                        target=target, dtype=dtype, on_epoch=on_epoch, registry=registry)
+                        tol=_tol_default(tol, None), target=target, dtype=dtype, on_epoch=on_epoch,
+                        registry=registry, model=model, loss=loss)
     result.problem = problem
     if result.status == "interrupted":
         click.echo("Interrupted.", err=True)
@@ -287,8 +294,14 @@ def run_command(problem, spec, epochs, steps, batch_size, tol, target, dtype, se
     row.pop("seed")
     if result.diverged_at is not None:
         row["status"] = f"diverged at step {result.diverged_at}"
-    text = output.render([row], fmt, data=result.to_dict())
+    data = result.to_dict()
+    data["params"] = {n: p.detach().tolist() for n, p in result.module.named_parameters()}  # any model
+    text = output.render([row], fmt, data=data)
     emit(text, output_path)
+    if save_path:
+        import torch
+
+        torch.save(result.module.state_dict(), save_path)
     if result.status == "interrupted":
         raise click.exceptions.Exit(INTERRUPTED)
 
@@ -321,8 +334,8 @@ def _small_params(module):
               help="train configurations that differ only in numbers and seeds as one batched problem")
 @format_option
 @output_option
-def compare_command(specs, problem, seeds, epochs, steps, batch_size, tol, target, dtype, batched, fmt,
-                    output_path):
+def compare_command(specs, problem, seeds, model, loss, epochs, steps, batch_size, tol, target, dtype, batched,
+                    fmt, output_path):
     """Run every SPEC on the same problem, data order and seeds; one table, best first.
 
     With no SPEC, the built-in zoo at learning rates that suit the problem.
@@ -333,7 +346,7 @@ def compare_command(specs, problem, seeds, epochs, steps, batch_size, tol, targe
     result = _run_study(lambda progress: study.compare(
         specs, problem, seeds=seeds, epochs=epochs, steps=steps, batch_size=batch_size,
         tol=_tol_default(tol, study.COMPARE_DEFAULTS["tol"]), target=target, dtype=dtype, registry=registry,
-        on_result=progress, batched=batched),
+        on_result=progress, batched=batched, model=model, loss=loss),
         len(specs) * seeds, "comparing")
     _report(result, fmt, output_path)
 
@@ -353,8 +366,8 @@ def compare_command(specs, problem, seeds, epochs, steps, batch_size, tol, targe
               help="refuse a grid of more runs (values x seeds) than this")
 @format_option
 @output_option
-def sweep_command(spec, params, problem, seeds, epochs, steps, batch_size, tol, target, dtype, batched, max_runs,
-                  fmt, output_path):
+def sweep_command(spec, params, problem, seeds, model, loss, epochs, steps, batch_size, tol, target, dtype, batched,
+                  max_runs, fmt, output_path):
     """Vary hyperparameters of SPEC and tabulate iterations to convergence, final loss, divergence.
 
     Example: gdzoo sweep sgd --param lr=0.001,0.01,0.1,1,10 --problem doubling
@@ -367,7 +380,7 @@ def sweep_command(spec, params, problem, seeds, epochs, steps, batch_size, tol, 
     result = _run_study(lambda progress: study.sweep(
         spec, parsed, problem, seeds=seeds, epochs=epochs, steps=steps, batch_size=batch_size,
         tol=_tol_default(tol, study.SWEEP_DEFAULTS["tol"]), target=target, dtype=dtype, registry=registry,
-        on_result=progress, batched=batched, max_runs=max_runs),
+        on_result=progress, batched=batched, max_runs=max_runs, model=model, loss=loss),
         total, "sweeping")
     _report(result, fmt, output_path)
 

@@ -12,13 +12,13 @@ import contextlib
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
 
-from .errors import GdzooError
+from .errors import GdzooError, SpecError
 from .problem import Dataset, Problem
 from .plugins.registry import Registry, default_registry
 
@@ -79,9 +79,13 @@ class RunResult:
     summary: list[str] = field(default_factory=list)
     wall_time: float = 0.0
     config: dict[str, Any] = field(default_factory=dict)
+    # gdzoo.run's trained module (the user's own module is trained as a copy); not in to_dict()
+    module: nn.Module | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(replace(self, module=None))
+        data.pop("module")
+        return data
 
     def row(self) -> dict[str, Any]:
         """A one-line summary (used by tables)."""
@@ -189,6 +193,12 @@ def setup(problem: str | Problem | None, *, seed: int, dtype: torch.dtype, regis
     if loss_fn is None:
         comp, values = registry.bind("loss", prob.default_loss())
         loss_fn = comp.obj(**values)
+    tasks = getattr(loss_fn, "tasks", None)
+    if tasks is not None and prob.task not in tasks:
+        fitting = [c.name for c in registry.components("loss") if getattr(c.obj, "tasks", None) is None
+                   or prob.task in c.obj.tasks]
+        raise SpecError(f"loss {getattr(loss_fn, 'name', loss)!r} is for {' or '.join(tasks)}, and problem "
+                         f"{name!r} is {prob.task}; losses for {prob.task}: {', '.join(fitting)}")
     own = (model_spec is None or model_spec == prob.default_model()) and \
         (loss is None or (isinstance(loss, str) and loss == prob.default_loss()))
     return Setup(module, loss_fn, dataset, None, prob, name,
@@ -250,7 +260,9 @@ def run(spec: str, problem: str | Problem | None = None, *, seed: int = 0, epoch
     dtype = resolve_dtype(dtype)
     s = setup(problem, seed=seed, dtype=dtype, registry=registry, model=model, loss=loss, data=data)
     budget = make_budget(s.problem, epochs, steps, batch_size, tol, target, blowup)
-    return train(spec, s, budget, seed=seed, registry=registry, on_epoch=on_epoch, overrides=hyperparameters)
+    result = train(spec, s, budget, seed=seed, registry=registry, on_epoch=on_epoch, overrides=hyperparameters)
+    result.module = s.module  # the trained module: the copy of the user's, or the problem's model
+    return result
 
 
 def make_budget(problem: Problem | None, epochs, steps, batch_size, tol, target, blowup) -> Budget:

@@ -26,6 +26,8 @@ class Loss:
     description: ClassVar[str] = ""
     hyperparameters: ClassVar[tuple[Hyper, ...]] = ()
     supports: ClassVar[tuple[str, ...]] = ()
+    # The problem tasks this loss fits (a problem of another task refuses it); None: any.
+    tasks: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, **hp: Any):
         self.hp = {h.name: h.default for h in self.hyperparameters} | hp

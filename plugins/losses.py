@@ -153,6 +153,7 @@ class BCE(_Elementwise):
     """Binary cross-entropy on logits (targets 0/1), torch.nn.functional.binary_cross_entropy_with_logits."""
 
     name = "bce"
+    tasks = ("classification",)
     hint = "bce needs one logit per row (binary targets); use cross_entropy for more than 2 classes"
     closed_form = True
 
@@ -176,6 +177,7 @@ class CrossEntropy(Loss):
     """Cross-entropy of logits [n, C] against class indices [n], torch.nn.functional.cross_entropy."""
 
     name = "cross_entropy"
+    tasks = ("classification",)
     supports = ("batched",)
 
     def __call__(self, prediction, target):

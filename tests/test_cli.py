@@ -547,3 +547,36 @@ def test_sweep_table_keeps_every_column_and_reads_down_the_grid():
     assert [r["lr"] for r in rows] == ["0.01", "0.1", "1", "10"]
     assert {"mse", "mae", "r2", "loss gap", "distance"} <= set(rows[0])
     assert rows[0]["mse"] and rows[-1]["final loss"] == "diverged" and rows[-1]["mse"] == ""
+
+
+def test_the_cli_reaches_every_model_and_loss(tmp_path):
+    """--model and --loss on run, compare and sweep; a loss that does not fit the task is refused;
+    run --save writes the trained state_dict; JSON carries the final parameters of any model."""
+    import torch
+
+    saved = tmp_path / "model.pt"
+    data = json.loads(invoke("run", "purchase:n=100", "sgd:lr=0.5", "--model", "mlp:hidden=4", "--epochs", 3,
+                             "--save", saved, "--format", "json").stdout)
+    state = torch.load(saved, weights_only=True)
+    assert list(state) == ["0.weight", "0.bias", "2.weight", "2.bias"] == list(data["params"])
+    assert torch.equal(state["0.weight"], torch.tensor(data["params"]["0.weight"]))
+    rows = parse_csv(invoke("compare", "sgd:lr=0.1", "-p", "linear", "--loss", "huber:delta=0.5", "--seeds", 1,
+                            "--epochs", 3, "--format", "csv").stdout)
+    assert rows[0]["spec"] == "sgd:lr=0.1" and "loss gap" not in rows[0]  # the optimum is mse's
+    rows = parse_csv(invoke("sweep", "sgd", "--param", "lr=0.1,0.2", "-p", "purchase:n=100", "--model", "mlp",
+                            "--epochs", 2, "--format", "csv").stdout)
+    assert len(rows) == 2
+    result = invoke("compare", "sgd", "-p", "linear", "--loss", "bce", code=2)
+    assert "loss 'bce' is for classification" in result.output and "mse, mae, huber" in result.output
+
+
+def test_python_run_returns_the_trained_module():
+    import torch
+
+    net = torch.nn.Linear(1, 1)
+    before = net.weight.detach().clone()
+    X = torch.arange(1.0, 5.0).unsqueeze(1)
+    result = gdzoo.run("sgd:lr=0.05", model=net, loss="mse", data=(X, 2 * X.squeeze(1)), epochs=50)
+    assert torch.equal(net.weight, before)  # the user's module is left as it was
+    assert result.module is not net and abs(result.module(torch.tensor([[3.0]])).item() - 6) < 0.2
+    assert "module" not in result.to_dict()
