@@ -139,8 +139,8 @@ def load_csv(path: str, target: str | None = None, task: str = "auto") -> CsvDat
     """Read a CSV file into standardised features and a target (the last column unless named).
 
     ``task`` is regression, classification or auto: auto picks classification when the target
-    holds words (e.g. yes/no), or whole numbers only, with at most MAX_AUTO_CLASSES distinct values
-    and some value repeated (so a short column of distinct integers is a regression target).
+    holds words (e.g. yes/no), or whole numbers that read as class labels (see _class_indices:
+    0/1, or 1..k without a gap, at most MAX_AUTO_CLASSES, some repeated); else regression.
     """
     table = read_table(path)
     target = table.columns[-1] if target is None else target
@@ -159,6 +159,18 @@ def load_csv(path: str, target: str | None = None, task: str = "auto") -> CsvDat
     return CsvData(dataset, task, labels, mean, std)
 
 
+def _class_indices(numbers: list[float]) -> bool:
+    """Whole numbers that read as class labels: 2 to MAX_AUTO_CLASSES distinct values counting up
+    from 0 or 1 without a gap (0/1, 1..5), some repeated.  Other integers (3, 5, 8, 8, 6) are
+    quantities: regression."""
+    if not all(n.is_integer() for n in numbers):
+        return False
+    distinct = sorted(set(numbers))
+    if not 2 <= len(distinct) <= min(MAX_AUTO_CLASSES, len(numbers) - 1):
+        return False
+    return distinct[0] in (0, 1) and distinct == [distinct[0] + i for i in range(len(distinct))]
+
+
 def _target(table: Table, column: int, task: str) -> tuple[torch.Tensor, str, list[str]]:
     """The target tensor, the resolved task, and the class labels in class-index order."""
     cells = [cells[column].strip() for cells in table.rows]
@@ -168,9 +180,10 @@ def _target(table: Table, column: int, task: str) -> tuple[torch.Tensor, str, li
         raise _cell_error(table, missing, column)
     numeric = None not in numbers
     if task == "auto":
-        whole = numeric and all(n.is_integer() for n in numbers)
-        few = len(set(numbers)) <= min(MAX_AUTO_CLASSES, len(numbers) - 1)  # and some value repeats
-        task = "classification" if not numeric or (whole and few) else "regression"
+        if len(set(cells)) < 2:
+            raise DataError(f"{table.path}: target column {table.columns[column]!r} holds one value only "
+                            f"({cells[0]!r}): there is nothing to learn")
+        task = "classification" if not numeric or _class_indices(numbers) else "regression"
     if task == "regression":
         return torch.tensor(numeric_column(table, column), dtype=torch.float64), task, []
     keys = numbers if numeric else cells

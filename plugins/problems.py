@@ -226,8 +226,8 @@ class Csv(Problem):
     The file needs a header row and numeric cells (a classification target may hold words).
     The target is the last column unless named; every other column is a feature, standardised
     (a regression target is left as it is).  task=auto picks classification when the target
-    holds words, or only whole numbers with at most 10 distinct values, some repeated; else
-    regression.  Defaults: linear model and mse for regression; logistic model with bce
+    holds words, or whole numbers that read as class labels (counting up from 0 or 1 without a
+    gap, 2 to 10 of them, some repeated: 0/1, 1..5); else regression (3, 5, 8, 8, 6 is a quantity).  Defaults: linear model and mse for regression; logistic model with bce
     (2 classes) or cross_entropy (more) for classification; the zoo is linear's or purchase's.
     """
 
@@ -235,7 +235,8 @@ class Csv(Problem):
     hyperparameters = (
         Hyper("path", None, "str", "the CSV file (a header row, then one row per example)"),
         Hyper("target", None, "str", "the column to predict (default: the last column)"),
-        Hyper("task", "auto", "str", "what to predict", choices=("auto", "regression", "classification")),
+        Hyper("task", "auto", "str", "what to predict; auto: classification for words or class-like whole "
+              "numbers (0/1, 1..k), else regression", choices=("auto", "regression", "classification")),
     )
     task = _PerInstance("auto", lambda problem: problem.csv().task)
     model = "linear"

@@ -521,8 +521,15 @@ def test_loss_gap_only_for_the_problems_own_model_and_loss():
     assert "loss gap" in gdzoo.run("sgd", "linear", loss="mse", epochs=3).metrics
 
 
+def test_data_too_small_to_fit_is_refused(tmp_path):
+    path = tmp_path / "one.csv"
+    path.write_text("x,y\n1,3\n")
+    with pytest.raises(gdzoo.GdzooError, match="holds one value only"):
+        gdzoo.run("sgd", f"csv:{path},target=y", epochs=1)
+
+
 @pytest.mark.parametrize("text, distance", [
-    ("x,y\n1,3\n", False),  # one row: a line through it, many minimisers
+    ("x,y\n1,3\n2,5\n", True),  # two rows, a weight and a bias: one exact line
     ("x,y\n1,3\n2,5\n4,7\n", True),
     ("a,b,y\n1,2,3\n2,4,5\n3,6,8\n4,8,9\n", False),  # b = 2a: collinear columns
 ])
@@ -540,3 +547,16 @@ def test_least_squares_optimum_is_right_on_degenerate_data(tmp_path, text, dista
 def test_empty_data_is_an_error_not_a_diverged_run():
     with pytest.raises(gdzoo.GdzooError, match="no rows"):
         gdzoo.run("sgd", model=torch.nn.Linear(1, 1), loss="mse", data=(torch.zeros(0, 1), torch.zeros(0)))
+
+
+@pytest.mark.parametrize("values, task", [
+    ("3,5,8,8,6", "regression"),  # quantities, not 4 classes
+    ("0,1,1,0,1", "classification"),
+    ("1,2,3,2,1,3", "classification"),
+    ("2,3,4,3,2", "regression"),  # does not count up from 0 or 1
+    ("no,yes,yes", "classification"),
+])
+def test_csv_auto_task_reads_integers_as_classes_only_when_they_look_like_labels(tmp_path, values, task):
+    path = tmp_path / "d.csv"
+    path.write_text("x,y\n" + "\n".join(f"{i},{v}" for i, v in enumerate(values.split(","))) + "\n")
+    assert gdzoo.get("problem", "csv").obj(path=str(path), target="y").task == task
