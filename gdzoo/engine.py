@@ -22,7 +22,7 @@ from .errors import GdzooError, SpecError
 from .problem import Dataset, Problem
 from .plugins.registry import Registry, default_registry
 
-STATUSES = ("converged", "target", "budget", "diverged", "interrupted")
+STATUSES = ("converged", "target", "budget", "stalled", "diverged", "interrupted")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 SMALL_MODEL = 8  # models with at most this many parameters have them shown in progress and results
 
@@ -411,6 +411,12 @@ def _finish(spec, s: Setup, budget: Budget, seed, status, step, epoch, history, 
     """The RunResult of a finished run; ``evaluated``: its final loss and task metrics, when a
     batched study has computed them for all its configurations at once."""
     final, pred = evaluate(s) if evaluated is None else (evaluated[0], None)
+    start = next((v for v in history if math.isfinite(v)), math.nan)
+    if status not in ("diverged", "interrupted") and \
+            (not math.isfinite(final) or final > budget.blowup * max(abs(start), 1e-12)):
+        status, diverged_at, converged_at, target_at = "diverged", step, None, None  # the last step overflowed
+    if status == "converged" and history and not final < history[0]:
+        status, converged_at = "stalled", None  # the loss stopped changing without ever falling
     metrics: dict[str, float] = {}
     summary: list[str] = []
     if status != "diverged" and s.problem is not None:

@@ -547,3 +547,20 @@ def test_the_python_api_and_the_cli_share_their_defaults():
     one = gdzoo.compare("sgd:lr=0.1", "doubling", epochs=3)  # a string is one spec, not its letters
     assert {r.spec for r in one.runs} == {"sgd:lr=0.1"} and len(one.runs) == 3
     assert one.runs[0].config["tol"] == 1e-6
+
+
+def test_an_overflow_on_the_last_step_is_diverged_in_every_column():
+    """lr=1e18 for one step: the loss was finite before the step and infinite after it."""
+    result = gdzoo.run("sgd:lr=1e18", "doubling", steps=1)
+    assert (result.status, result.diverged_at) == ("diverged", 1) and not result.metrics
+    row = gdzoo.compare(["sgd:lr=1e18"], "doubling", steps=1, seeds=2).rows()[0]
+    assert (row["final loss"], row["status"]) == ("diverged", "2 diverged") and "mse" not in row
+
+
+def test_no_progress_is_stalled_not_converged():
+    """lr=0 'converged' at step 2 with the loss it started with."""
+    result = gdzoo.run("sgd:lr=0", "doubling", epochs=50, tol=1e-6)
+    assert (result.status, result.converged_at) == ("stalled", None)
+    assert gdzoo.run("sgd:lr=0.1", "doubling", epochs=200, tol=1e-6).status == "converged"
+    batched = gdzoo.sweep("sgd", {"lr": [0.0, 0.1]}, "doubling", epochs=200)
+    assert [r.status for r in batched.runs] == ["stalled", "converged"]
