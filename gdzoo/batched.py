@@ -75,6 +75,8 @@ def why_separate(spec: str, setups: Sequence[Setup], registry: Registry) -> str 
     if not declares(first.loss_fn, "batched"):
         name = getattr(first.loss_fn, "name", "") or type(first.loss_fn).__name__
         return f"loss {name!r} does not declare batched support"
+    if not all(p.requires_grad for p in first.module.parameters()):
+        return "the model has frozen parameters"
     if stacked_forward(first.module) is None and not declares(first.model_component, "batched"):
         name = getattr(first.model_component, "name", "") or type(first.module).__name__
         return f"model {name!r} does not declare batched support"
@@ -347,15 +349,23 @@ def _final_evaluation(setups: Sequence[Setup], load) -> list[tuple[float, dict]]
 _ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.Identity)
 
 
+def _plain(module: nn.Module, types: tuple[type, ...]) -> bool:
+    """Exactly one of torch's own module types (a subclass may compute anything in forward), with
+    no hooks and every parameter trained: what the stacked forward pass reproduces."""
+    return type(module) in types and not (module._forward_hooks or module._forward_pre_hooks
+                                          or module._backward_hooks) \
+        and all(p.requires_grad for p in module.parameters(recurse=False))
+
+
 def stacked_forward(module: nn.Module):
     """A forward pass over stacked parameters for linear layers and MLPs, without vmap's overhead.
 
     Returns ``f(params, X) -> [K, n, out]`` (X shared [n, d] or per configuration [K, n, d]),
     or None for modules of other shapes (which then go through vmap).
     """
-    if isinstance(module, nn.Linear):
+    if _plain(module, (nn.Linear,)):
         layers = [("", module)]
-    elif isinstance(module, nn.Sequential) and all(isinstance(m, (nn.Linear,) + _ELEMENTWISE) for m in module):
+    elif _plain(module, (nn.Sequential,)) and all(_plain(m, (nn.Linear,) + _ELEMENTWISE) for m in module):
         layers = [(f"{name}.", m) for name, m in module.named_children()]
     else:
         return None
@@ -400,7 +410,7 @@ def linear_with_grad(module: nn.Module, loss_fn):
     features (full-batch purchase, one seed's mini-batches): there the stacked GEMMs sum in
     their own order, a few ulp from the separate runs (PURCHASE_TOL in the tests), for speed."""
     closed_form = getattr(loss_fn, "batched_with_grad", None)
-    if not (isinstance(module, nn.Linear) and module.out_features == 1) or closed_form is None:
+    if not (_plain(module, (nn.Linear,)) and module.out_features == 1) or closed_form is None:
         return None
     scratch = Scratch()
     column_major: list = [None, None]  # shared data and its column-major copy: g @ X runs 2-3x faster

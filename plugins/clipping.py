@@ -49,7 +49,7 @@ class ClipNorm(Transform):
         grads = [grad for g in groups for grad in g.grads]
         if norm_type != 2:  # a complex parameter's gradient counts |z|, as clip_grad_norm_ counts it,
             # not its real and imaginary parts (the same 2-norm, but not the same 1- or inf-norm)
-            grads = [torch.linalg.vector_norm(grad, dim=-1) if _complex_view(param) else grad
+            grads = [torch.linalg.vector_norm(grad, dim=-1) if ctx.is_complex(param) else grad
                      for g in groups for param, grad in zip(g.params, g.grads)]
         if dot and norm_type == 2 and not ctx.batch and all(grad.is_contiguous() for grad in grads):
             total = torch.stack([torch.dot(grad.view(-1), grad.view(-1)) for grad in grads]).sum().sqrt()
@@ -75,12 +75,6 @@ class ClipNorm(Transform):
 
     def fold_values(self, groups, ctx):
         return [coef.reciprocal().to(torch.float32) for coef in self.coefficients(groups, ctx, dot=True)]
-
-
-def _complex_view(param: torch.Tensor) -> bool:
-    """Whether ``param`` is the real view (``torch.view_as_real``) of a complex parameter."""
-    base = param._base
-    return base is not None and base.is_complex()
 
 
 class ClipValue(Transform):

@@ -242,3 +242,35 @@ def test_a_plugin_written_for_0_1_keeps_working_with_a_deprecation_warning():
     p.grad = torch.ones(3)
     with pytest.warns(DeprecationWarning, match="ctx.optimizer.param_groups"):
         opt.step()
+
+
+def test_register_plugin_names_a_packaged_module_by_its_last_part(tmp_path, monkeypatch):
+    (tmp_path / "myplugs").mkdir()
+    (tmp_path / "myplugs" / "__init__.py").write_text("")
+    (tmp_path / "myplugs" / "signs.py").write_text(textwrap.dedent("""
+        import gdzoo
+
+        @gdzoo.hookimpl
+        def register_transforms(register):
+            class Flip(gdzoo.Transform):
+                name = "flip"
+                def update(self, params, grads, states, hp, ctx):
+                    for i, g in enumerate(grads):
+                        grads[i] = -g
+            register(Flip)
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    assert gdzoo.register_plugin(importlib.import_module("myplugs.signs")) == "signs"
+    assert "flip" in gdzoo.registry().names("transform")
+    with pytest.raises(gdzoo.PluginError, match="already taken by 'sgd' \\(built-in\\)"):
+        gdzoo.register_plugin(importlib.import_module("myplugs.signs"), name="sgd")
+
+
+def test_optimizer_class_takes_lr_second_and_refuses_batch():
+    cls = gdzoo.optimizer_class("adam")
+    assert cls([nn.Parameter(torch.zeros(2))], 0.05).param_groups[0]["lr"] == 0.05
+    assert gdzoo.optimizer_class("adam") is cls  # one class for the same arguments
+    with pytest.raises(gdzoo.SpecError, match="batch"):
+        gdzoo.optimizer_class("adam", batch=3)

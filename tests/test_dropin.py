@@ -562,3 +562,63 @@ def test_parameters_that_are_views_of_one_tensor_get_buffers_of_their_own():
     opt.step()
     for param, before, grad in zip((first, second), expected, grads):
         torch.testing.assert_close(param.detach(), before - 0.1 * coef * grad, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("spec, torch_cls, hp", [
+    ("sgd:lr=0.1,momentum=0.9", torch.optim.SGD, dict(lr=0.1, momentum=0.9)),
+    ("sgd:lr=0.1", torch.optim.SGD, dict(lr=0.1)),
+    ("adagrad:lr=0.1", torch.optim.Adagrad, dict(lr=0.1)),
+])
+def test_sparse_gradients_of_complex_parameters(spec, torch_cls, hp):
+    """A complex parameter with a sparse gradient runs as a hybrid sparse tensor over real pairs
+    and matches torch.optim on the same gradient made dense (for SGD, torch's sparse path too;
+    torch's sparse Adagrad squares complex values as complex numbers, unlike its dense path)."""
+    import warnings
+
+    warnings.simplefilter("ignore", UserWarning)  # torch: sparse invariant checks disabled
+    torch.manual_seed(0)
+    ours = nn.Parameter(torch.randn(4, 2, dtype=torch.complex128))
+    dense = nn.Parameter(ours.detach().clone())
+    opt, ref = gdzoo.optimizer(spec, [ours]), torch_cls([dense], foreach=False, **hp)
+    for t in range(5):
+        grad = torch.sparse_coo_tensor(torch.tensor([[t % 4, (t + 2) % 4]]), torch.randn(2, 2, dtype=torch.complex128),
+                                       (4, 2))
+        ours.grad, dense.grad = grad.clone(), grad.to_dense()
+        opt.step()
+        ref.step()
+    torch.testing.assert_close(ours, dense, rtol=1e-12, atol=1e-14)
+
+
+def test_copies_of_an_optimizer_with_a_scheduler_step_themselves():
+    """StepLR (and trainers) wrap opt.step on the instance: a copy must not keep the original's
+    wrapper (it stepped the original), and pickle must not choke on it, as with torch.optim."""
+    p = nn.Parameter(torch.ones(3))
+    opt = gdzoo.optimizer("sgd:lr=0.1", [p])
+    torch.optim.lr_scheduler.StepLR(opt, step_size=1)
+    q, copy_ = copy.deepcopy((p, opt))
+    q.grad = torch.ones(3)
+    copy_.step()
+    assert p.tolist() == [1.0, 1.0, 1.0] and q.tolist() == pytest.approx([0.9] * 3)
+    p2, again = pickle.loads(pickle.dumps((p, opt)))
+    buffer = io.BytesIO()
+    torch.save(opt, buffer)
+    assert "differentiable" not in again.defaults  # torch's __setstate__ adds it; not a chain's
+
+
+def test_batched_studies_do_not_take_look_alike_or_partly_frozen_models():
+    """A subclass of nn.Linear may compute anything; a frozen bias must stay frozen: both train
+    separately (the batched stacked pass would have been silently wrong)."""
+    class Doubled(nn.Linear):
+        def forward(self, X):
+            return 2 * super().forward(X)
+
+    X = torch.linspace(-1, 1, 16).unsqueeze(1)
+    data = (X, 3 * X.squeeze(1))
+    for make in (lambda: Doubled(1, 1), lambda: nn.Linear(1, 1).requires_grad_(True)):
+        net = make()
+        if not isinstance(net, Doubled):
+            net.bias.requires_grad_(False)
+        study = gdzoo.sweep("sgd", {"lr": [0.01, 0.02]}, model=net, loss="mse", data=data, epochs=5)
+        alone = [gdzoo.run("sgd", model=net, loss="mse", data=data, epochs=5, lr=lr, tol=1e-6) for lr in (0.01, 0.02)]
+        assert [r.final_loss for r in study.runs] == [r.final_loss for r in alone]
+        assert study.notes

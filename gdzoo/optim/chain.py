@@ -22,6 +22,7 @@ kernels nor Inductor take sparse tensors).
 
 from __future__ import annotations
 
+import difflib
 import math
 import types
 import warnings
@@ -34,8 +35,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from .transform import STAGES, EagerContext, GroupView, Link, StepContext, Transform, check_supports, declares
 
 SCRATCH_MIN = 1 << 16  # elements: below this, per-step results are allocated instead of kept
-_DERIVED = ("order", "path", "_folds", "_compiled", "_compile_failed", "_stepped", "_fused_lr", "ctx",
-            "_compiled_ctx", "_direct", "_buffers")  # rebuilt by _prepare(), never pickled
+_PICKLED = ("defaults", "state", "param_groups", "links", "spec", "batch", "fused")  # the rest is derived
 
 
 class Chain(torch.optim.Optimizer):
@@ -107,7 +107,8 @@ class Chain(torch.optim.Optimizer):
         lone = self.links[0] if len(self.links) == 1 else None
         self._direct = lone if lone is not None and self.path == "eager" \
             and type(lone.transform).step is Transform.step else None
-        self._buffers: dict[tuple[str, str, int | None], WeakIdKeyDictionary] = {}
+        self._buffers: dict[tuple[str, str], WeakIdKeyDictionary] = {}
+        self._complex: dict[int, torch.Tensor] = {}  # this step: id of a real view -> its complex tensor
 
     @property
     def native(self) -> bool:
@@ -119,15 +120,17 @@ class Chain(torch.optim.Optimizer):
 
     # --- copies: deepcopy, pickle, torch.save(opt) ------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
-        # torch.optim keeps only defaults, state and param_groups (hooks are dropped, as torch does);
-        # a chain also needs its links and flags; derived objects are rebuilt on load
-        state = {k: v for k, v in self.__dict__.items() if k not in _DERIVED and not k.startswith("_optimizer_")}
-        return state
+        # torch.optim keeps defaults, state and param_groups: hooks, and the step wrappers that
+        # schedulers and trainers set on the instance, stay behind, as torch's do.  A chain also
+        # needs its links and flags; everything derived from them is rebuilt on load.
+        return {k: self.__dict__[k] for k in _PICKLED}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)  # also what load_state_dict calls, with state and param_groups
         if "links" in state:
             self._prepare()
+        if "differentiable" not in {key for link in self.links for _, key in link.keys}:
+            self.defaults.pop("differentiable", None)  # torch's __setstate__ adds it; not a chain's
         self._stepped.update((p, True) for p, s in self.state.items() if s and isinstance(p, torch.Tensor))
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -159,7 +162,10 @@ class Chain(torch.optim.Optimizer):
     # --- hyperparameters --------------------------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         known = set(self.defaults) | {"params"}
-        unknown = [k for k in param_group if k not in known and not k.startswith("initial_")]
+        # keys that schedulers and wrappers (ZeroRedundancyOptimizer) carry over are let through,
+        # but not a misspelt hyperparameter ("initial_acumulator_value")
+        unknown = [k for k in param_group if k not in known and not (k.startswith("initial_")
+                   and not difflib.get_close_matches(k, list(self.defaults), n=1, cutoff=0.8))]
         if unknown:
             raise ValueError(f"unknown hyperparameter(s) {', '.join(map(repr, unknown))} in param group; "
                              f"valid: {', '.join(sorted(self.defaults))}")
@@ -196,6 +202,16 @@ class Chain(torch.optim.Optimizer):
         return value.to(torch.float64)
 
     # --- scratch space ----------------------------------------------------------------------
+    def _origin(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The parameter a tensor handed to transforms stands for: the complex parameter of a
+        real view made this step, else the tensor itself."""
+        return self._complex.get(id(tensor), tensor)
+
+    def is_complex(self, tensor: torch.Tensor) -> bool:
+        """Whether a tensor handed to transforms this step is the real view of a complex parameter
+        (or of its gradient)."""
+        return id(tensor) in self._complex
+
     def _buffer(self, param: torch.Tensor, owner: str, key: str) -> torch.Tensor | None:
         """Transform ``owner``'s scratch tensor ``key`` shaped like ``param`` (see StepContext.buffer).
 
@@ -205,15 +221,13 @@ class Chain(torch.optim.Optimizer):
         """
         if param.numel() < SCRATCH_MIN:
             return None
-        base, where = _origin(param), None
-        if base is not param:  # a complex parameter's real view, made afresh every step
-            where = param.storage_offset()  # complex parameters that are views of one tensor
+        base = self._origin(param)  # a complex parameter's real view is made afresh every step
         grad = base.grad
         if grad is not None and grad.is_sparse:
             return None
-        table = self._buffers.get((owner, key, where))
+        table = self._buffers.get((owner, key))
         if table is None:
-            table = self._buffers[(owner, key, where)] = WeakIdKeyDictionary()
+            table = self._buffers[(owner, key)] = WeakIdKeyDictionary()
         buf = table.get(base)
         if buf is None or buf.dtype is not param.dtype or buf.shape != param.shape:
             buf = table[base] = torch.empty_like(param, memory_format=torch.preserve_format)
@@ -227,6 +241,7 @@ class Chain(torch.optim.Optimizer):
         Complex parameters, their gradients and their state are handed on as real views; a sparse
         gradient is refused unless every transform declares ``sparse``."""
         groups, states, sparse = [], [], False
+        self._complex = {}
         for group in self.param_groups:
             params, grads, own = [], [], []
             for p in group["params"]:
@@ -240,8 +255,11 @@ class Chain(torch.optim.Optimizer):
                         raise RuntimeError(f"{self.spec or 'gdzoo'}: {', '.join(missing)} "
                                            f"{'does' if len(missing) == 1 else 'do'} not support sparse gradients")
                 if p.is_complex():
-                    params.append(torch.view_as_real(p))
-                    grads.append(grad if grad.is_sparse else torch.view_as_real(grad))
+                    real, real_grad = torch.view_as_real(p), _real_grad(grad)
+                    self._complex[id(real)] = p
+                    self._complex[id(real_grad)] = p
+                    params.append(real)
+                    grads.append(real_grad)
                     own.append(_RealView(self.state[p], p.shape))
                 else:
                     params.append(p)
@@ -292,12 +310,12 @@ class Chain(torch.optim.Optimizer):
             if self._folds is None or not self._apply_folded(groups, states, ctx, native):
                 _run(self.order, groups, states, ctx, native=native)
         elif self.path == "compiled" and not (compiling or sparse or self._compile_failed) \
-                and all(p in self._stepped for _, params, _ in groups for p in map(_origin, params)):
+                and all(p in self._stepped for _, params, _ in groups for p in map(self._origin, params)):
             self._apply_compiled(groups, states)
         else:  # eager; sparse gradients (neither torch's kernels nor Inductor take them) and compiled
             _run(self.order, groups, states, ctx)
             if self.path == "compiled" and not compiling:  # state now exists: later steps can run compiled
-                self._stepped.update((p, True) for _, params, _ in groups for p in map(_origin, params))
+                self._stepped.update((p, True) for _, params, _ in groups for p in map(self._origin, params))
 
     def _apply_folded(self, groups, states, ctx, native) -> bool:
         """The whole chain as one native kernel call per group; False (nothing done) if it can't."""
@@ -360,13 +378,17 @@ class _RealView(MutableMapping):
     def __getitem__(self, key):
         value = self._state[key]
         if isinstance(value, torch.Tensor) and value.is_complex():
+            if value.is_sparse:  # a sparse view_as_real is a copy: keep the real form, for in-place updates
+                value = self._state[key] = _real_grad(value)
+                return value
             return torch.view_as_real(value)
         if isinstance(value, dict):
             return _RealView(value, self._real_shape[:-1])
         return value
 
     def __setitem__(self, key, value):
-        if isinstance(value, torch.Tensor) and value.is_floating_point() and tuple(value.shape) == self._real_shape:
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not value.is_sparse \
+                and tuple(value.shape) == self._real_shape:
             try:
                 value = torch.view_as_complex(value)
             except RuntimeError:  # not viewable (strides): keep it real
@@ -388,11 +410,14 @@ class _RealView(MutableMapping):
         return self[key]
 
 
-def _origin(param: torch.Tensor) -> torch.Tensor:
-    """The parameter a tensor handed to transforms stands for: a complex parameter for its real
-    view, else the tensor itself (a parameter may be a view of another tensor: its own key)."""
-    base = param._base
-    return base if base is not None and base.is_complex() else param
+def _real_grad(grad: torch.Tensor) -> torch.Tensor:
+    """A complex gradient as real pairs; a sparse one stays sparse, its values viewed as pairs
+    (a hybrid sparse tensor shaped like the parameter's real view)."""
+    if not grad.is_sparse:
+        return torch.view_as_real(grad)
+    grad = grad.coalesce()
+    return torch.sparse_coo_tensor(grad._indices(), torch.view_as_real(grad._values()), grad.shape + (2,),
+                                   is_coalesced=True)
 
 
 try:

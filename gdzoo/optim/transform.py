@@ -145,6 +145,7 @@ class StepContext:
                       own (no other transform, and no gradient it reads, ever shares it), kept
                       from step to step; contents are garbage on entry; None where allocating is
                       cheaper (small parameters), for sparse gradients and in a compiled step;
+    ``ctx.is_complex(tensor)``  whether a parameter or gradient handed on is a complex one's real view;
     ``ctx.optimizer`` the :class:`~gdzoo.optim.chain.Chain` itself (its ``param_groups``, ``state``).
     """
 
@@ -154,6 +155,11 @@ class StepContext:
         self.stage = ""
         self.owner = ""  # the transform now running: buffers are per transform
         self._scratch = scratch
+
+    def is_complex(self, tensor: torch.Tensor) -> bool:
+        """Whether ``tensor`` (a parameter or gradient handed to this transform) is the real view of
+        a complex one: its last dimension holds (real, imaginary)."""
+        return self.optimizer.is_complex(tensor)
 
     def buffer(self, param: torch.Tensor, key: str = "grad") -> torch.Tensor | None:
         if not self._scratch:
@@ -166,7 +172,7 @@ class EagerContext(StepContext):
     StepContext: Dynamo traces it without a ``__getattr__`` in the way.)"""
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name in ("optimizer", "batch", "stage", "owner", "_scratch"):
+        if name.startswith("__") or name in ("optimizer", "batch", "stage", "owner", "_scratch", "is_complex"):
             raise AttributeError(name)
         import warnings
 

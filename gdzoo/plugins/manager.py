@@ -111,7 +111,10 @@ class Plugins:
             self._register(info, ep.load)
         for name, plugin in IN_PROCESS.items():
             if name in self.infos:
-                self.fail(self.infos[name], f"plugin name {name!r} is taken by an in-process plugin too")
+                info = in_process_info(name, plugin)
+                self.fail(info, f"plugin name {name!r} is already taken by {self.who(self.infos[name])}; "
+                                f"register it under another name")
+                self.infos[f"{name} (in-process)"] = info
                 continue
             self._register(in_process_info(name, plugin), lambda p=plugin: p)
         try:
@@ -170,8 +173,10 @@ def in_process_info(name: str, plugin: object) -> PluginInfo:
 
 
 def plugin_name(plugin: object) -> str:
-    """The default name of an in-process plugin: a module's or class's name, else its class's."""
-    return getattr(plugin, "__name__", None) or type(plugin).__name__
+    """The default name of an in-process plugin: a module's or class's name (a module in a package:
+    its last part), else its class's."""
+    name = getattr(plugin, "__name__", None) or type(plugin).__name__
+    return name.rsplit(".", 1)[-1]
 
 
 def _installed(dist: str) -> bool:

@@ -96,6 +96,7 @@ class Registry:
 
     def __init__(self, plugins: Plugins | None = None):
         self.plugins = plugins if plugins is not None else Plugins()
+        self._classes: dict[tuple, type] = {}  # optimizer_class() results
         self.tables: dict[str, dict[str, Component]] = {kind: {} for kind in KINDS}
         for kind in KINDS:
             self._collect(kind)
@@ -325,8 +326,15 @@ class Registry:
         """A ``torch.optim.Optimizer`` subclass for a spec, for code that takes an optimizer class
         (``ZeroRedundancyOptimizer(params, optimizer_class=cls, lr=...)``): ``cls(params,
         **hyperparameters)`` builds the chain, keywords on top of the ones given here."""
+        if "batch" in hyperparameters:
+            raise SpecError("optimizer_class builds one configuration's optimizer; batch= is for "
+                            "Registry.optimizer on stacked parameters")
         self.optimizer(spec, [torch.zeros(1, requires_grad=True)], **hyperparameters)  # bad values fail now
-        return _spec_class(self, spec, fused, hyperparameters)
+        key = (spec, fused, repr(sorted(hyperparameters.items())))
+        cls = self._classes.get(key)  # the same class for the same arguments (copies keep their type)
+        if cls is None:
+            cls = self._classes[key] = _spec_class(self, spec, fused, hyperparameters)
+        return cls
 
 
 def _build(cls, spec, params, links, defaults, batch=None, fused=False, chain=None):
@@ -344,7 +352,9 @@ def _build(cls, spec, params, links, defaults, batch=None, fused=False, chain=No
 def _spec_class(registry: "Registry", spec: str, fused: bool, hyperparameters: dict[str, Any]) -> type[Chain]:
     base = dict(hyperparameters)
 
-    def __init__(self, params, **kwargs):
+    def __init__(self, params, lr=None, **kwargs):  # lr may come second, as torch.optim's take it
+        if lr is not None:
+            kwargs["lr"] = lr
         links, defaults = registry.chain_parts(spec, **{**base, **kwargs})
         _build(None, spec, params, links, defaults, fused=fused, chain=self)
 
@@ -356,7 +366,10 @@ def _spec_class(registry: "Registry", spec: str, fused: bool, hyperparameters: d
 
 
 def _restore_spec_instance(spec: str, fused: bool, hyperparameters: dict[str, Any]) -> Chain:
-    cls = default_registry().optimizer_class(spec, fused=fused, **hyperparameters)
+    try:
+        cls = default_registry().optimizer_class(spec, fused=fused, **hyperparameters)
+    except SpecError:  # its plugin is gone here: the copy is a plain Chain (its links travel with it)
+        cls = Chain
     return cls.__new__(cls)
 
 
@@ -410,7 +423,7 @@ def register_plugin(plugin: object, name: str | None = None) -> str:
     IN_PROCESS[name] = plugin
     try:
         registry = Registry()
-        info = registry.plugins.infos.get(name)
+        info = registry.plugins.infos.get(f"{name} (in-process)") or registry.plugins.infos.get(name)
         errors = info.errors if info is not None else ["not loaded"]
         if errors:
             raise PluginError(f"plugin {name!r}: {'; '.join(errors)}")
