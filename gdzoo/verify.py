@@ -23,7 +23,10 @@ in ``fused_equals_eager`` when the chain is compiled (torch.compile, which reset
 Many checks also run *variants* of the component's own hyperparameters, one at a time: each
 boolean flipped, each other choice of a string option, each float that defaults to 0 set to 0.1,
 and all of those at once (a variant that the component refuses is left out), so that the code
-behind ``amsgrad=true`` or ``mode=prox`` is checked too.
+behind ``amsgrad=true`` or ``mode=prox`` is checked too.  ``batched_equals_separate`` moreover
+gives every float hyperparameter of the chain 3 values across the batch, one at a time and all
+together; ``complex`` compares complex parameters with their real and imaginary parts trained as
+separate real parameters.
 
 **Expected failures.**  A component that knowingly fails a check declares it on its class,
 with the reason, and the check is then reported as ``xfail`` instead of failed::
@@ -710,55 +713,158 @@ def check_deterministic(s: Subject):
 
 # 3. what the core does with declared capabilities ------------------------------------------------
 
+def _chain_floats(s: Subject, opt) -> list[tuple[str, Any]]:
+    """(group key, Hyper) of every float and floats hyperparameter of every link of ``opt``'s chain,
+    the subject's own component's first."""
+    links = sorted(opt.links, key=lambda link: link.transform.name != s.name)
+    out = []
+    for link in links:
+        hypers = {h.name: h for h in type(link.transform).hyperparameters}
+        for name, key in link.keys:
+            h = hypers.get(name)
+            if h is not None and h.kind in ("float", "floats"):
+                out.append((key, h))
+    return out
+
+
+def _around(base: float) -> list[float]:
+    """Candidate values around ``base``, base first: ×½ and ×2, then ×¼, ×¾ and ×1.5 (for a number
+    in (0, 1), a step towards 1 instead of one to 1 or past it).  A 0 is varied around 0.1, and an
+    infinity around 1: the configurations of one batch agree on which numbers are 0 (see
+    gdzoo.ops.nonzero; gdzoo.batched.batch_key never batches 0 with non-0), so 0 is not among them."""
+    if base == 0:
+        base = 0.1
+    elif not math.isfinite(base):
+        base = 1.0
+    inside = 0 < base < 1  # a factor, a decay rate, a probability: stay below 1
+    out = [base, base * 0.5, base * 2 if not inside or base * 2 < 1 else 1 - (1 - base) * 0.5,
+           base * 0.25, base * 0.75, base * 1.5 if not inside or base * 1.5 < 1 else 1 - (1 - base) * 0.25]
+    return list(dict.fromkeys(v for v in out if math.isfinite(v)))
+
+
+def _valid(s: Subject, values: dict[str, Any], extra: dict[str, Any]) -> bool:
+    """Whether the component builds with ``values`` in its spec and ``extra`` as keywords."""
+    try:
+        s.build([torch.zeros(2, dtype=F64, requires_grad=True)], values, **extra)
+    except (SpecError, ValueError):
+        return False
+    return True
+
+
+def _spread(s: Subject, values: dict[str, Any], key: str, hyper, base: Any) -> list[Any] | None:
+    """K distinct values of one float (or floats, elementwise) hyperparameter around ``base`` that
+    the component accepts (with the rest at ``values`` and their defaults); None if fewer than 2."""
+    if hyper.kind == "float":
+        if not _is_number(base):
+            return None
+        found = [v for v in _around(float(base)) if _valid(s, values, {key: v})][:K]
+    else:
+        if not isinstance(base, (tuple, list)) or not base or not all(_is_number(b) for b in base):
+            return None
+        base = tuple(float(b) for b in base)
+        columns = []
+        for i, b in enumerate(base):
+            column = [v for v in _around(b) if _valid(s, values, {key: base[:i] + (v,) + base[i + 1:]})][:K]
+            columns.append(column if len(column) > 1 else [b])
+        if all(len(c) == 1 for c in columns):
+            return None
+        found = []
+        for k in range(K):
+            candidate = tuple(c[k % len(c)] for c in columns)
+            if candidate not in found and _valid(s, values, {key: candidate}):
+                found.append(candidate)
+    if len(found) < 2:
+        return None
+    return [found[k % len(found)] for k in range(K)]
+
+
+def _batched_plans(s: Subject, values: dict[str, Any], singles: bool) -> tuple[list[dict[str, list]], list[str]]:
+    """The per-configuration values to run under one variant: every float hyperparameter of the
+    chain varied alone (with ``singles``), then all together (each rotated by its position, so
+    that no two move in step), and the keys that could not be varied."""
+    opt = s.build([torch.zeros(2, dtype=F64, requires_grad=True)], values)
+    spreads: dict[str, list[Any]] = {}
+    fixed = []
+    for key, hyper in _chain_floats(s, opt):
+        spread = _spread(s, values, key, hyper, opt.defaults.get(key))
+        if spread is None:
+            fixed.append(key)
+        else:
+            spreads[key] = spread
+    plans = [{key: spread} for key, spread in spreads.items()] if singles else []
+    together: dict[str, list[Any]] = {}
+    for j, (key, spread) in enumerate(spreads.items()):
+        rotated = [spread[(k + j) % K] for k in range(K)]
+        trial = {**together, key: rotated}
+        if all(_valid(s, values, {k2: v[k] for k2, v in trial.items()}) for k in range(K)):
+            together = trial
+    if len(together) > 1 or not singles and together:
+        plans.append(together)
+    return plans, fixed
+
+
+def _batched_run(s: Subject, values: dict[str, Any], per: dict[str, list[Any]]) -> None:
+    """K configurations (``per``: their values) batched on stacked [K, ...] float64 parameters vs
+    K separate optimizers, 10 steps: the parameters and every per-parameter state, bit for bit."""
+    label = _label(s, values) + "".join(f", {key}={' | '.join(format_value(v) for v in vs)}"
+                                        for key, vs in per.items())
+    stacked = _start(lead=(K,))
+    coefs = _coefs(_start())  # shared by the K rows
+    opt = s.build(stacked, values, batch=K, **per)
+    separate = []
+    for k in range(K):
+        rows = [p.detach()[k].clone().requires_grad_() for p in stacked]
+        own = s.build(rows, values, **{key: v[k] for key, v in per.items()})
+        _train(own, rows, coefs, 10)
+        separate.append((rows, own))
+    initial = _copies(stacked)
+    try:
+        _train(opt, stacked, coefs, 10)
+    except Exception as exc:  # say which values it cannot take
+        raise AssertionError(f"{label}: the batched step raised {_one_line(exc)}") from None
+    _assert_moved(stacked, initial, label)
+    for k, (rows, own) in enumerate(separate):
+        _assert_same([p[k] for p in stacked], rows, f"{label}: configuration {k} of {K}")
+        for p, q in zip(stacked, rows):
+            theirs = _flat_state(own.state[q])
+            for key, value in _flat_state(opt.state[p]).items():
+                other = theirs.get(key)
+                if isinstance(value, torch.Tensor) and isinstance(other, torch.Tensor) \
+                        and value.shape == (K,) + tuple(other.shape) and other.dim() > 0:
+                    if not _nan_equal(value[k], other):
+                        raise AssertionError(f"{label}: state {key!r} of configuration {k} differs "
+                                             f"({_diff(value[k], other)})")
+
+
 @_check("batched_equals_separate")
 def check_batched_equals_separate(s: Subject):
-    """batch=3 configurations (different lr and another hyperparameter) on stacked [3, ...]
-    float64 parameters give bit for bit what 3 separate optimizers give (where declared)."""
+    """batch=3 configurations on stacked [3, ...] float64 parameters give bit for bit what 3
+    separate optimizers give (where declared): every float hyperparameter of the chain (the host
+    SGD's too) takes 3 values, one hyperparameter at a time and then all together.
+
+    The values lie around the default (×½, ×2; for a number in (0, 1) halfway to 1 instead of
+    ×2; one that defaults to 0 around 0.1, as a batch agrees on which numbers are 0), and every
+    element of a tuple such as betas varies; values the component refuses are left out.  Each
+    hyperparameter alone runs with the defaults, and all of them together also under every
+    variant of the flags.
+    """
     missing = s.lacking("batched")
     if missing:
         raise SkipCheck(f"not declared ({', '.join(missing)} {'does' if len(missing) == 1 else 'do'} not "
                         f"declare supports = ('batched',))")
-    per: dict[str, list[float]] = {}
-    if s.lr is not None:
-        per["lr"] = [s.lr, s.lr * 0.5, s.lr * 2]
-    extra = _extra(s)
-    if extra is not None:
-        per[s.key(extra.name)] = [extra.default * f for f in (1.0, 0.5, 0.25)]
-    compared = 0
+    varied: list[str] = []
+    fixed: list[str] = []
     for values in _variants(s):
-        label = _label(s, values)
-        stacked = _start(lead=(K,))
-        coefs = _coefs(_start())  # shared by the K rows
-        try:
-            opt = s.build(stacked, values, batch=K, **per)
-        except SpecError:
-            if extra is None:
-                raise
-            per.pop(s.key(extra.name))  # the scaled values are invalid: vary lr alone
-            extra = None
-            opt = s.build(stacked, values, batch=K, **per)
-        separate = []
-        for k in range(K):
-            rows = [p.detach()[k].clone().requires_grad_() for p in stacked]
-            own = s.build(rows, values, **{key: v[k] for key, v in per.items()})
-            _train(own, rows, coefs, 10)
-            separate.append((rows, own))
-        initial = _start(lead=(K,))
-        _train(opt, stacked, coefs, 10)
-        _assert_moved(stacked, initial, label)
-        for k, (rows, own) in enumerate(separate):
-            _assert_same([p[k] for p in stacked], rows, f"{label}: configuration {k} of {K}")
-            for p, q in zip(stacked, rows):
-                theirs = _flat_state(own.state[q])
-                for key, value in _flat_state(opt.state[p]).items():
-                    other = theirs.get(key)
-                    if isinstance(value, torch.Tensor) and isinstance(other, torch.Tensor) \
-                            and value.shape == (K,) + tuple(other.shape) and other.dim() > 0:
-                        if not _nan_equal(value[k], other):
-                            raise AssertionError(f"{label}: state {key!r} of configuration {k} differs "
-                                                 f"({_diff(value[k], other)})")
-                        compared += 1
-    return f"{', '.join(per) or 'shared hyperparameters'} per configuration"
+        plans, not_varied = _batched_plans(s, values, singles=not values)
+        if not values:
+            varied = [key for plan in plans if len(plan) == 1 for key in plan]
+            fixed = not_varied
+        for per in plans or [{}]:
+            _batched_run(s, values, per)
+    note = f"varied alone and together: {', '.join(varied)}" if varied else "shared hyperparameters only"
+    if fixed:
+        note += f"; not varied (fewer than 2 accepted values): {', '.join(fixed)}"
+    return note
 
 
 @_check("fused_equals_eager")
@@ -786,10 +892,84 @@ def check_fused_equals_eager(s: Subject):
         torch._dynamo.reset()
 
 
+COMPLEX = ((torch.complex64, F32, 1e-6), (torch.complex128, F64, 1e-12))  # and the tolerance of each
+COMPLEX_STEPS = 5
+
+
+def _complex_and_parts(s: Subject, values: dict[str, Any], cdtype, rdtype):
+    """Complex parameters z = a + ib of SHAPES trained by one optimizer, and their parts a and b
+    trained as independent real parameters by another (the same spec and values).  Each part's
+    gradient is a function of that part's own values (_grad), the same numbers in both runs: the
+    complex gradient is torch.complex(grad of a, grad of b)."""
+    re, im = _start(rdtype, seed=0), _start(rdtype, seed=1)
+    c_re, c_im = _coefs(re, seed=2), _coefs(im, seed=3)
+    cplx = [torch.complex(a.detach(), b.detach()).requires_grad_() for a, b in zip(re, im)]
+    parts = [t for pair in zip(re, im) for t in pair]
+    opt_c, opt_r = s.build(cplx, values), s.build(parts, values)
+    initial = _copies(parts)
+    for t in range(COMPLEX_STEPS):
+        for z, a, b, ca, cb in zip(cplx, re, im, c_re, c_im):
+            a.grad, b.grad = _grad(a, ca, t), _grad(b, cb, t)
+            zd = z.detach()
+            z.grad = torch.complex(_grad(zd.real, ca, t), _grad(zd.imag, cb, t))
+        opt_c.step()
+        opt_r.step()
+    _assert_moved(parts, initial, _label(s, values))
+    for i, z in enumerate(cplx):
+        if z.dtype != cdtype:
+            raise AssertionError(f"{_label(s, values)}: complex parameter {i} became {z.dtype}")
+    return cplx, re, im
+
+
+def _clip_norm_by_modulus(s: Subject, cdtype, rtol: float) -> list[str]:
+    """clip_norm with norm_type 1 and inf counts |z| for each complex element, as
+    torch.nn.utils.clip_grad_norm_ does: not elementwise over real and imaginary parts (only the
+    2-norm is the same either way), so those values are compared with clip_grad_norm_ and then
+    torch.optim.SGD at the host's lr, on the complex gradients."""
+    if s.kind != "transform" or s.name != "clip_norm" or \
+            {"max_norm", "norm_type"} - {h.name for h in s.component.hyperparameters}:
+        return []
+    done = []
+    rdtype = F32 if cdtype == torch.complex64 else F64
+    max_norm = s.probe.defaults[s.key("max_norm")]
+    for norm_type in (1.0, math.inf):
+        values = {"norm_type": norm_type, "max_norm": 0.5 * max_norm}  # so that it clips
+        re, im = _start(rdtype, seed=0), _start(rdtype, seed=1)
+        coefs = _coefs(re, seed=2)
+        mine = [torch.complex(a.detach(), b.detach()).requires_grad_() for a, b in zip(re, im)]
+        ref = _copies(mine)
+        opt = s.build(mine, values)
+        opt_ref = torch.optim.SGD(ref, lr=s.lr, foreach=False)
+        for t in range(COMPLEX_STEPS):
+            for zs in (mine, ref):
+                for z, c in zip(zs, coefs):
+                    zd = z.detach()
+                    z.grad = torch.complex(_grad(zd.real, c, t), _grad(zd.imag, c, t))
+            opt.step()
+            torch.nn.utils.clip_grad_norm_(ref, values["max_norm"], norm_type=norm_type, foreach=False)
+            opt_ref.step()
+        _assert_close([torch.view_as_real(z.detach()) for z in mine], [torch.view_as_real(z.detach()) for z in ref],
+                      f"{_label(s, values)}: {str(cdtype).replace('torch.', '')} parameters vs "
+                      f"torch.nn.utils.clip_grad_norm_ then "
+                      f"torch.optim.SGD", rtol)
+        done.append(f"norm_type={format_value(norm_type)}")
+    return done
+
+
 @_check("complex")
 def check_complex(s: Subject):
-    """Declared: complex64 parameters step as their torch.view_as_real pairs do, bit for bit.
-    Not declared: complex parameters are refused when the optimizer is built, naming complex."""
+    """Declared: complex64 and complex128 parameters z = a + ib step as their parts a and b do when
+    trained as two independent real parameters (float32, float64), within 1e-6 (1e-12) of each
+    parameter's largest element.  Not declared: complex parameters are refused when the optimizer
+    is built, naming complex.
+
+    The complex gradient's parts are the parts' own gradients.  This is what declaring complex
+    promises: math elementwise over real and imaginary parts (a transform that mixes the two, say
+    by centralizing over the last dimension of the real view, fails).  A global 2-norm is the same
+    over the complex parameters as over their parts, so clip_norm's defaults compare; its 1- and
+    inf-norm count |z| for each complex element, as torch.nn.utils.clip_grad_norm_ does, and are
+    compared with clip_grad_norm_ instead.
+    """
     missing = s.lacking("complex")
     if missing:
         p = torch.randn(3, dtype=torch.complex64, requires_grad=True)
@@ -802,23 +982,18 @@ def check_complex(s: Subject):
             return f"not declared by {', '.join(missing)}: refused clearly"
         raise AssertionError(f"{', '.join(missing)} {'does' if len(missing) == 1 else 'do'} not declare "
                              f"'complex', yet complex parameters were accepted")
-    for values in _variants(s):
-        label = _label(s, values)
-        real = _start(F32, shapes=tuple(shape + (2,) for shape in SHAPES))
-        cplx = [torch.view_as_complex(p.detach().clone()).requires_grad_() for p in real]
-        coefs = _coefs(real)
-        opt_real, opt_cplx = s.build(real, values), s.build(cplx, values)
-        initial = _copies(real)
-        for t in range(5):
-            for pr, pc, c in zip(real, cplx, coefs):
-                g = _grad(pr, c, t)
-                pr.grad = g
-                pc.grad = torch.view_as_complex(g.clone())
-            opt_real.step()
-            opt_cplx.step()
-        _assert_moved(real, initial, label)
-        _assert_same([torch.view_as_real(p.detach()) for p in cplx], real,
-                     f"{label}: complex64 parameters vs their view_as_real pairs")
+    torch_compared: list[str] = []
+    for cdtype, rdtype, rtol in COMPLEX:
+        for values in _variants(s):
+            cplx, re, im = _complex_and_parts(s, values, cdtype, rdtype)
+            _assert_close([torch.view_as_real(z.detach()) for z in cplx],
+                          [torch.stack([a.detach(), b.detach()], dim=-1) for a, b in zip(re, im)],
+                          f"{_label(s, values)}: {str(cdtype).replace('torch.', '')} parameters vs their real and "
+                          f"imaginary parts as two {str(rdtype).replace('torch.', '')} parameters each, after "
+                          f"{COMPLEX_STEPS} steps", rtol)
+        torch_compared = _clip_norm_by_modulus(s, cdtype, rtol)
+    if torch_compared:
+        return f"{', '.join(torch_compared)}: compared with torch.nn.utils.clip_grad_norm_ (|z| per element)"
     return ""
 
 

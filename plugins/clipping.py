@@ -41,24 +41,17 @@ class ClipNorm(Transform):
         less accurate) instead of ``torch._foreach_norm`` (clip_grad_norm_'s, twice as slow).
         """
         # One norm over every parameter of every group, like clip_grad_norm_(model.parameters()).
-        norm_types = {float(g.hp["norm_type"]) for g in groups}
+        norm_types = {tuple(v.tolist()) if isinstance(v, torch.Tensor) else float(v)
+                      for v in (g.hp["norm_type"] for g in groups)}
         if len(norm_types) > 1:
-            raise ValueError(f"clip_norm: param groups disagree on norm_type ({sorted(norm_types)}); "
+            raise ValueError(f"clip_norm: param groups disagree on norm_type ({sorted(map(str, norm_types))}); "
                              f"the global norm needs one")
         norm_type = norm_types.pop()
-        grads = [grad for g in groups for grad in g.grads]
-        if norm_type != 2:  # a complex parameter's gradient counts |z|, as clip_grad_norm_ counts it,
-            # not its real and imaginary parts (the same 2-norm, but not the same 1- or inf-norm)
-            grads = [torch.linalg.vector_norm(grad, dim=-1) if ctx.is_complex(param) else grad
-                     for g in groups for param, grad in zip(g.params, g.grads)]
-        if dot and norm_type == 2 and not ctx.batch and all(grad.is_contiguous() for grad in grads):
-            total = torch.stack([torch.dot(grad.view(-1), grad.view(-1)) for grad in grads]).sum().sqrt()
-        elif ctx.batch:  # one norm per configuration: over every dimension but the first
-            norms = [torch.linalg.vector_norm(grad.reshape(grad.shape[0], -1), norm_type, dim=1) for grad in grads]
-            total = torch.linalg.vector_norm(torch.stack(norms, dim=1), norm_type, dim=1)
+        if isinstance(norm_type, tuple):  # batched, a p per configuration: each row by its own p
+            totals = {p: self._total(groups, ctx, p, dot) for p in set(norm_type)}
+            total = torch.stack([totals[p][k] for k, p in enumerate(norm_type)])
         else:
-            norms = torch._foreach_norm(grads, norm_type)
-            total = torch.linalg.vector_norm(torch.stack(norms), norm_type)
+            total = self._total(groups, ctx, norm_type, dot)
         coefs = []
         for g in groups:
             max_norm = g.hp["max_norm"]
@@ -67,6 +60,22 @@ class ClipNorm(Transform):
             else:
                 coefs.append(torch.clamp(max_norm / (total + 1e-6), max=1.0))
         return coefs
+
+    @staticmethod
+    def _total(groups, ctx, norm_type: float, dot: bool) -> torch.Tensor:
+        """The norm of every gradient of every group together (batched: one per configuration)."""
+        grads = [grad for g in groups for grad in g.grads]
+        if norm_type != 2:  # a complex parameter's gradient counts |z|, as clip_grad_norm_ counts it,
+            # not its real and imaginary parts (the same 2-norm, but not the same 1- or inf-norm)
+            grads = [torch.linalg.vector_norm(grad, dim=-1) if ctx.is_complex(param) else grad
+                     for g in groups for param, grad in zip(g.params, g.grads)]
+        if dot and norm_type == 2 and not ctx.batch and all(grad.is_contiguous() for grad in grads):
+            return torch.stack([torch.dot(grad.view(-1), grad.view(-1)) for grad in grads]).sum().sqrt()
+        if ctx.batch:  # one norm per configuration: over every dimension but the first
+            norms = [torch.linalg.vector_norm(grad.reshape(grad.shape[0], -1), norm_type, dim=1) for grad in grads]
+            return torch.linalg.vector_norm(torch.stack(norms, dim=1), norm_type, dim=1)
+        norms = torch._foreach_norm(grads, norm_type)
+        return torch.linalg.vector_norm(torch.stack(norms), norm_type)
 
     def step(self, groups, ctx):
         for g, coef in zip(groups, self.coefficients(groups, ctx)):

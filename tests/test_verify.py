@@ -371,3 +371,119 @@ def test_a_transform_declaring_batched_wrongly_fails_batched_equals_separate(wro
     results = run_checks("unbroadcast")
     assert failed(results) == {"batched_equals_separate"}
     assert "configuration 0 of 3" in next(r.reason for r in results if r.check == "batched_equals_separate")
+
+
+LYING_CAPABILITIES = '''
+"""Transforms that declare a capability their math does not have."""
+
+import torch
+
+from gdzoo import Hyper, Transform, checks, hookimpl
+from gdzoo.ops import per
+
+
+class FirstConfigScale(Transform):
+    """g *= a * b, but a batched b is read from configuration 0 alone (b is neither lr nor the
+    first other float: the two the check once varied)."""
+
+    name = "first_config_scale"
+    stage = "grad"
+    hyperparameters = (Hyper("a", 1.0, "float", "factor"), Hyper("b", 1.0, "float", "second factor"))
+    supports = ("batched",)
+
+    def check(self, hp):
+        checks.positive("a", hp["a"])
+        checks.positive("b", hp["b"])
+
+    def update(self, params, grads, states, hp, ctx):
+        b = hp["b"]
+        if isinstance(b, torch.Tensor):
+            b = b[0].item()  # the mistake: one value for the whole batch
+        for i, (p, g) in enumerate(zip(params, grads)):
+            grads[i] = g * per(hp["a"], p) * b
+
+
+class FirstConfigBetas(Transform):
+    """g *= beta1 * beta2, but a batched beta2 is read from configuration 0 alone."""
+
+    name = "first_config_betas"
+    stage = "grad"
+    hyperparameters = (Hyper("betas", (0.9, 0.999), "floats", "two factors", length=2),)
+    supports = ("batched",)
+
+    def check(self, hp):
+        checks.betas(hp["betas"])
+
+    def update(self, params, grads, states, hp, ctx):
+        beta1, beta2 = hp["betas"]
+        if isinstance(beta2, torch.Tensor):
+            beta2 = beta2[0].item()  # the mistake
+        for i, (p, g) in enumerate(zip(params, grads)):
+            grads[i] = g * per(beta1, p) * beta2
+
+
+class CentralizeLast(Transform):
+    """Gradient centralization over the last dimension, declaring complex: on a complex
+    parameter's real view the last dimension is (real, imaginary), so it mixes the two."""
+
+    name = "centralize_last"
+    stage = "grad"
+    supports = ("complex",)
+
+    def update(self, params, grads, states, hp, ctx):
+        for i, g in enumerate(grads):
+            if g.dim() > 1:
+                grads[i] = g - g.mean(dim=-1, keepdim=True)
+
+
+@hookimpl
+def register_transforms(register):
+    for cls in (FirstConfigScale, FirstConfigBetas, CentralizeLast):
+        register(cls)
+'''
+
+
+@pytest.fixture
+def lying_plugins(install_plugin):
+    fake = install_plugin(LYING_CAPABILITIES, module="gdzoo_lying", distribution="gdzoo-lying", name="lying")
+    assert not fake.registry.plugins.failures()
+    return fake.registry
+
+
+def test_a_batched_hyperparameter_read_from_configuration_0_fails_batched_equals_separate(lying_plugins):
+    """Every float of the chain is varied, not only lr and the first other one (here a, which the
+    transform handles right): b, read from configuration 0 alone, fails."""
+    results = run_checks("first_config_scale")
+    assert failed(results) == {"batched_equals_separate"}
+    reason = next(r.reason for r in results if r.check == "batched_equals_separate")
+    assert "first_config_scale.b=1.0 | 0.5 | 2.0: configuration 1 of 3" in reason
+
+    (result,) = run_checks("first_config_betas", checks=["batched_equals_separate"])
+    assert result.status == "failed"
+    assert "first_config_betas.betas=" in result.reason and "configuration 1 of 3" in result.reason
+
+
+def test_batched_equals_separate_varies_every_float_of_the_chain():
+    """The subject's own floats first, then the host SGD's; a float that no other value fits is named."""
+    reasons = {name: run_checks(name, checks=["batched_equals_separate"])[0] for name in ("adam", "l2", "nesterov")}
+    assert {r.status for r in reasons.values()} == {"passed"}
+    assert reasons["adam"].reason == "varied alone and together: lr, betas, eps, weight_decay"
+    assert reasons["l2"].reason == "varied alone and together: l2.weight, lr, momentum, dampening, weight_decay"
+    assert reasons["nesterov"].reason.endswith("not varied (fewer than 2 accepted values): dampening")
+
+
+def test_a_transform_declaring_complex_that_mixes_real_and_imaginary_fails_complex(lying_plugins):
+    """Complex parameters are compared with their real and imaginary parts trained as separate real
+    parameters (not with the view_as_real tensors the chain itself hands on, which always agree)."""
+    results = run_checks("centralize_last")
+    assert failed(results) == {"complex"}
+    reason = next(r.reason for r in results if r.check == "complex")
+    assert "complex64 parameters vs their real and imaginary parts as two float32 parameters" in reason
+
+
+def test_complex_compares_clip_norm_1_and_inf_norms_with_clip_grad_norm_and_refuses_undeclared():
+    (clip,) = run_checks("clip_norm", checks=["complex"])
+    assert clip.status == "passed" and "torch.nn.utils.clip_grad_norm_" in clip.reason
+    assert "norm_type=1.0" in clip.reason and "norm_type=inf" in clip.reason
+    (l1,) = run_checks("l1", checks=["complex"])
+    assert l1.status == "passed" and l1.reason == "not declared by l1: refused clearly"
