@@ -2,8 +2,11 @@
 
 >>> opt = gdzoo.optimizer("adam:lr=0.01+clip_norm:max_norm=1", model.parameters())
 
-is a drop-in ``torch.optim.Optimizer``.  Plugins add optimizers, transforms, losses, models and
-problems through the ``gdzoo`` entry-point group (see the README's "Writing a plugin").
+is a drop-in ``torch.optim.Optimizer`` (``gdzoo.optimizer_class(spec)`` for code that takes a
+class).  Plugins add optimizers, transforms, losses, models and problems through the ``gdzoo``
+entry-point group, or in-process with ``gdzoo.register_plugin(obj)`` (see the README's "Writing
+a plugin"); ``gdzoo.verify`` checks them.  Layout: ``gdzoo.optim`` (transforms, the Chain, specs),
+``gdzoo.plugins`` (hooks, loading, the registry), then the engine, studies and the CLI.
 """
 
 from __future__ import annotations
