@@ -87,9 +87,19 @@ def _quiet_stdout() -> None:
         pass
 
 
+class FormatChoice(click.Choice):
+    """tabulate's formats, json and csv: checked like a Choice, shown in one short line."""
+
+    def get_metavar(self, param, *args, **kwargs):
+        return "FORMAT"
+
+
 def format_option(f):
-    return click.option("--format", "fmt", type=click.Choice(output.FORMATS), default=output.DEFAULT_FORMAT,
-                        show_default=True, help="table format (tabulate's), json or csv")(f)
+    common = ("simple", "github", "grid", "plain", "json", "csv")
+    return click.option("--format", "fmt", type=FormatChoice(output.FORMATS), default=output.DEFAULT_FORMAT,
+                        show_default=True,
+                        help=f"table format: {', '.join(common)}, or any other of tabulate's "
+                             f"({len(output.FORMATS) - len(common)} more: see tabulate's docs)")(f)
 
 
 def _output_path(ctx, param, value):
