@@ -973,15 +973,7 @@ def check_complex(s: Subject):
     missing = s.lacking("complex")
     if missing:
         p = torch.randn(3, dtype=torch.complex64, requires_grad=True)
-        try:
-            s.build([p])
-        except ValueError as exc:
-            if "complex" not in str(exc).lower():
-                raise AssertionError(f"complex parameters refused, but the message does not say why: {exc}") \
-                    from None
-            return f"not declared by {', '.join(missing)}: refused clearly"
-        raise AssertionError(f"{', '.join(missing)} {'does' if len(missing) == 1 else 'do'} not declare "
-                             f"'complex', yet complex parameters were accepted")
+        return _refused(missing, "complex", "complex parameters", ValueError, lambda: s.build([p]), "clearly")
     torch_compared: list[str] = []
     for cdtype, rdtype, rtol in COMPLEX:
         for values in _variants(s):
@@ -995,6 +987,19 @@ def check_complex(s: Subject):
     if torch_compared:
         return f"{', '.join(torch_compared)}: compared with torch.nn.utils.clip_grad_norm_ (|z| per element)"
     return ""
+
+
+def _refused(missing: list[str], capability: str, what: str, error: type, attempt: Callable[[], Any],
+             where: str) -> str:
+    """An undeclared capability passes when ``attempt`` refuses it with ``error`` naming it."""
+    try:
+        attempt()
+    except error as exc:
+        if capability not in str(exc).lower():
+            raise AssertionError(f"{what} refused, but the message does not say why: {exc}") from None
+        return f"not declared by {', '.join(missing)}: refused {where}"
+    raise AssertionError(f"{', '.join(missing)} {'does' if len(missing) == 1 else 'do'} not declare "
+                         f"{capability!r}, yet {what} {'were' if what.endswith('s') else 'was'} accepted")
 
 
 @_check("sparse")
@@ -1014,15 +1019,7 @@ def check_sparse(s: Subject):
         p = table.clone().requires_grad_()
         opt = s.build([p])
         p.grad = sparse_grad(0)
-        try:
-            opt.step()
-        except RuntimeError as exc:
-            if "sparse" not in str(exc).lower():
-                raise AssertionError(f"a sparse gradient was refused, but the message does not say why: {exc}") \
-                    from None
-            return f"not declared by {', '.join(missing)}: refused at the step"
-        raise AssertionError(f"{', '.join(missing)} {'does' if len(missing) == 1 else 'do'} not declare "
-                             f"'sparse', yet a sparse gradient was accepted")
+        return _refused(missing, "sparse", "a sparse gradient", RuntimeError, opt.step, "at the step")
     sparse_p, dense_p = table.clone().requires_grad_(), table.clone().requires_grad_()
     opt_sparse, opt_dense = s.build([sparse_p]), s.build([dense_p])
     with torch.sparse.check_sparse_tensor_invariants(enable=True):  # a malformed sparse tensor fails here
