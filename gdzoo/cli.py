@@ -265,7 +265,7 @@ def _report(result, fmt, output_path):
 @click.option("--seed", type=SEED, default=0, show_default=True, help="seeds the model's initialisation and the data order")
 @click.option("--every", type=click.IntRange(min=1), help="print progress every N epochs (default: about 10 lines)")
 @click.option("--quiet", "-q", is_flag=True, help="no progress lines, only the summary")
-@click.option("--save", "save_path", callback=lambda ctx, param, value: _output_path(ctx, param, value),
+@click.option("--save", "save_path", callback=_output_path,
               metavar="FILE", help="write the trained model's state_dict to FILE (torch.save)")
 @format_option
 @output_option

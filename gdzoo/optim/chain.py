@@ -241,7 +241,8 @@ class Chain(torch.optim.Optimizer):
         Complex parameters, their gradients and their state are handed on as real views; a sparse
         gradient is refused unless every transform declares ``sparse``."""
         groups, states, sparse = [], [], False
-        self._complex = {}
+        if self._complex:  # last step's real views (no fresh dict on the hot path otherwise)
+            self._complex = {}
         for group in self.param_groups:
             params, grads, own = [], [], []
             for p in group["params"]:

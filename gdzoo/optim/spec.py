@@ -44,7 +44,11 @@ class Hyper:
             raise ValueError(f"Hyper {self.name!r}: kind must be one of {', '.join(_KINDS)}, not {self.kind!r}")
 
     def _finite(self, value: float | int) -> float | int:
-        return _finite_check(value, self.allow_inf)
+        if isinstance(value, float) and math.isnan(value):
+            raise ValueError("not a number")
+        if isinstance(value, float) and math.isinf(value) and not self.allow_inf:
+            raise ValueError("must be finite")
+        return value
 
     @property
     def type_name(self) -> str:
@@ -105,14 +109,6 @@ class Hyper:
         if self.length is not None and len(result) != self.length:
             raise ValueError(f"{self.length} values needed")
         return result
-
-
-def _finite_check(value: float | int, allow_inf: bool) -> float | int:
-    if isinstance(value, float) and math.isnan(value):
-        raise ValueError("not a number")
-    if isinstance(value, float) and math.isinf(value) and not allow_inf:
-        raise ValueError("must be finite")
-    return value
 
 
 def _to_float(value: Any) -> float | int:
