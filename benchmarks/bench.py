@@ -38,7 +38,8 @@ from torch import nn  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
 import gdzoo  # noqa: E402
-from gdzoo import engine, study  # noqa: E402
+from gdzoo.train import loop as engine  # noqa: E402
+from gdzoo.study import execute as study  # noqa: E402
 
 warnings.filterwarnings("ignore")
 

@@ -22,9 +22,9 @@ from .errors import GdzooError, PluginError, SpecError, UnknownComponent
 from .plugins.hookspecs import hookimpl
 from .plugins.registry import KINDS, Component, Registry, default_registry, register_plugin, unregister_plugin
 from .optim.spec import Hyper
-from .engine import RunResult, run
-from .problem import Dataset, Loss, Model, Optimum, Problem
-from .study import Study, compare, sweep
+from .train.loop import RunResult, run
+from .train.problem import Dataset, Loss, Model, Optimum, Problem
+from .study.execute import Study, compare, sweep
 
 # Plugin authors import the helpers as ``gdzoo.ops`` and ``gdzoo.checks`` (the README's names).
 sys.modules.setdefault(__name__ + ".ops", ops)

@@ -8,11 +8,12 @@ import sys
 
 import click
 
-from . import output
+from .show import render as output
 from .errors import GdzooError, SpecError, UnknownComponent
 from .plugins.registry import KINDS, default_registry
 from .optim.spec import format_value
-from . import engine, study
+from .train import loop as engine
+from .study import execute as study
 
 
 class GdzooGroup(click.Group):

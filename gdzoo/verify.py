@@ -731,7 +731,7 @@ def _around(base: float) -> list[float]:
     """Candidate values around ``base``, base first: ×½ and ×2, then ×¼, ×¾ and ×1.5 (for a number
     in (0, 1), a step towards 1 instead of one to 1 or past it).  A 0 is varied around 0.1, and an
     infinity around 1: the configurations of one batch agree on which numbers are 0 (see
-    gdzoo.ops.nonzero; gdzoo.batched.batch_key never batches 0 with non-0), so 0 is not among them."""
+    gdzoo.ops.nonzero; gdzoo.train.batched.batch_key never batches 0 with non-0), so 0 is not among them."""
     if base == 0:
         base = 0.1
     elif not math.isfinite(base):

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from gdzoo import GdzooError, Hyper, checks, hookimpl
 from gdzoo.ops import Scratch
-from gdzoo.problem import Loss
+from gdzoo import Loss
 
 
 def _same_shape(loss: Loss, prediction: torch.Tensor, target: torch.Tensor, hint: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from gdzoo import Hyper, hookimpl
-from gdzoo.problem import Model
+from gdzoo import Model
 
 _BIAS = Hyper("bias", True, "bool", "learn an additive bias (intercept)")
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU}

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from gdzoo import Hyper, hookimpl
-from gdzoo.data import CsvData, load_csv, standardize
-from gdzoo.problem import Dataset, Optimum, Problem
+from gdzoo.train.data import CsvData, load_csv, standardize
+from gdzoo import Dataset, Optimum, Problem
 
 DTYPE = torch.float64  # data and starting points are made in float64; the engine converts
 

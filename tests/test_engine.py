@@ -20,9 +20,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import gdzoo
-from gdzoo import engine, output
+from gdzoo.train import loop as engine
+from gdzoo.show import render as output
 from gdzoo.errors import GdzooError, SpecError
-from gdzoo.study import parse_param
+from gdzoo.study.execute import parse_param
 
 
 def problem(spec: str) -> gdzoo.Problem:
@@ -536,7 +537,7 @@ def test_the_python_api_and_the_cli_share_their_defaults():
     """The README writes compare(..., seeds=3): gdzoo.compare(None, "purchase") is gdzoo compare."""
     import inspect
 
-    from gdzoo import cli, study
+    from gdzoo import cli, defaults as study
 
     assert inspect.signature(gdzoo.compare).parameters["seeds"].default == 3
     options = {p.name: p.default for p in cli.compare_command.params}

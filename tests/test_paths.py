@@ -686,7 +686,7 @@ def test_the_closed_form_linear_step_is_each_configurations_autograd_step(dtype,
     (MKL adds a one-row product in another order than a stack of K rows), row-wise elementwise
     kernels (a vectorised sigmoid rounds differently from the scalar one).  Shared data with
     several features is left out: there the stacked GEMMs are the documented exception."""
-    from gdzoo.batched import linear_with_grad
+    from gdzoo.train.batched import linear_with_grad
 
     K, loss = 9, _loss(name)
     for n in (37, 40):

@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import gdzoo
-from gdzoo import metrics
-from gdzoo.data import load_csv
+from gdzoo.train import metrics
+from gdzoo.train.data import load_csv
 from gdzoo.errors import DataError, GdzooError, SpecError
 from gdzoo.ops import Scratch
-from gdzoo.problem import Dataset
+from gdzoo import Dataset
 
 REGISTRY = gdzoo.registry()
 F64 = torch.float64

@@ -25,11 +25,11 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from .engine import Budget, RunResult, Setup, _finish, _squeeze, epoch_batches, evaluate, flush_denormals
-from .optim.ops import Scratch
-from .optim.transform import declares
-from .plugins.registry import Registry
-from .optim.spec import Hyper
+from .loop import Budget, RunResult, Setup, _finish, _squeeze, epoch_batches, evaluate, flush_denormals
+from ..optim.ops import Scratch
+from ..optim.transform import declares
+from ..plugins.registry import Registry
+from ..optim.spec import Hyper
 
 
 def batch_key(spec: str, overrides: dict[str, Any], registry: Registry) -> tuple:

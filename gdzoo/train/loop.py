@@ -18,13 +18,12 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from .errors import GdzooError, SpecError
+from ..defaults import SMALL_MODEL, STATUSES  # noqa: F401 (STATUSES: re-exported)
+from ..errors import GdzooError, SpecError
 from .problem import Dataset, Problem
-from .plugins.registry import Registry, default_registry
+from ..plugins.registry import Registry, default_registry
 
-STATUSES = ("converged", "target", "budget", "stalled", "diverged", "interrupted")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-SMALL_MODEL = 8  # models with at most this many parameters have them shown in progress and results
 
 
 @dataclass
@@ -96,7 +95,7 @@ class RunResult:
         return row
 
     def __str__(self) -> str:
-        from .output import render
+        from ..show.render import render
 
         return render([self.row()])
 

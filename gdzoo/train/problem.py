@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .optim.spec import Hyper
+from ..optim.spec import Hyper
 
 TASKS = ("regression", "classification", "function")
 
@@ -176,7 +176,7 @@ class Problem:
         return self._optimum
 
     def metrics(self, prediction: torch.Tensor | None, data: Dataset | None) -> dict[str, float]:
-        """Task metrics of a trained model's predictions on the full data (see gdzoo.metrics)."""
+        """Task metrics of a trained model's predictions on the full data (see gdzoo.train.metrics)."""
         if prediction is None:
             return {}
         return self.metrics_rows(prediction.unsqueeze(0), data)[0]

@@ -13,12 +13,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .batched import batch_key, can_batch, train_batched, why_separate
-from .engine import RunResult, build_problem, make_budget, resolve_dtype, setup, train
-from .errors import GdzooError, SpecError
-from .output import render
-from .plugins.registry import Registry, default_registry
-from .optim.spec import format_value
+from ..train.batched import batch_key, can_batch, train_batched, why_separate
+from ..train.loop import RunResult, build_problem, make_budget, resolve_dtype, setup, train
+from ..defaults import COMPARE_DEFAULTS, MAX_RUNS, SWEEP_DEFAULTS
+from ..errors import GdzooError, SpecError
+from ..show.render import render
+from ..plugins.registry import Registry, default_registry
+from ..optim.spec import format_value
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ def execute(problem, trials: Sequence[Trial], *, epochs=None, steps=None, batch_
     """Run every trial on the same problem, data and seeds; Ctrl-C keeps what finished.
 
     With ``batched`` (the default), trials that differ only in numbers and seeds are trained as
-    one batched problem (see :mod:`gdzoo.batched`); their results equal separate runs.
+    one batched problem (see :mod:`gdzoo.train.batched`); their results equal separate runs.
     """
     registry = registry or default_registry()
     dtype = resolve_dtype(dtype)
@@ -235,9 +236,6 @@ def seeds_of(seeds: int | Sequence[int]) -> list[int]:
     return list(seeds)
 
 
-# The defaults of compare and sweep, for the Python API and the CLI alike (the README states them).
-COMPARE_DEFAULTS = {"problem": "purchase", "seeds": 3, "tol": 1e-6}
-SWEEP_DEFAULTS = {"problem": "doubling", "seeds": 1, "tol": 1e-6}
 
 
 def compare(specs: Sequence[str] | str | None = None, problem=None, *,
@@ -267,7 +265,6 @@ def compare(specs: Sequence[str] | str | None = None, problem=None, *,
     return execute(problem, trials, registry=registry, **kwargs)
 
 
-MAX_RUNS = 10_000  # runs a study may plan unless the caller raises the limit (max_runs=, --max-runs)
 
 _RANGE = re.compile(r"^(log|lin)\(\s*([^,]+),\s*([^,]+),\s*(\d+)\s*\)$")
 

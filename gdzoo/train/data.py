@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import DataError
+from ..errors import DataError
 from .problem import Dataset
 
 DELIMITERS = ",;\t"

@@ -1,0 +1,1 @@
+"""Showing results: tables, JSON and CSV (``render``)."""

@@ -1,0 +1,1 @@
+"""Studies: plan run units, execute them, aggregate their numbers (``compare`` and ``sweep``)."""
