@@ -188,12 +188,15 @@ def test_mini_batches_cover_every_example_once_per_epoch_in_shuffled_order():
         return F.mse_loss(prediction, target)
 
     result = gdzoo.run("sgd:lr=0.001", model=nn.Linear(1, 1), loss=loss, data=(X, y), epochs=3, batch_size=3)
-    batches = seen[:-1]  # the last call is the final evaluation on all the data
-    assert [len(b) for b in batches] == [3, 3, 3, 1] * 3 and result.steps == 12
+    # The full objective is evaluated at the start, after every epoch and once more at the end.
+    evaluation = list(range(10))
+    assert [len(b) for b in seen] == [10] + ([3, 3, 3, 1] + [10]) * 3 + [10] and result.steps == 12
+    assert seen[0] == seen[5] == seen[10] == seen[15] == seen[16] == evaluation
+    batches = [b for i, b in enumerate(seen) if i % 5]
     epochs = [sum(batches[i:i + 4], []) for i in range(0, 12, 4)]
-    assert all(sorted(e) == list(range(10)) for e in epochs)
-    assert epochs[0] != epochs[1] and epochs[0] != list(range(10))
-    assert seen[-1] == list(range(10))
+    assert all(sorted(e) == evaluation for e in epochs)
+    assert epochs[0] != epochs[1] and epochs[0] != evaluation
+    assert len(result.evaluations) == 4  # start and three epoch ends
 
 
 @pytest.mark.parametrize("epochs, steps, batch_size, expected", [
@@ -221,11 +224,14 @@ def test_tol_stops_a_full_batch_run_as_converged():
     assert result.target_at is None and result.diverged_at is None
 
 
-def test_tol_on_mini_batches_compares_epoch_losses():
+def test_tol_on_mini_batches_compares_the_full_objective_at_epoch_ends():
     result = gdzoo.run("sgd:lr=0.05", "linear:n=40", epochs=500, batch_size=10, tol=1e-3)
     assert result.status == "converged" and result.epochs < 500
     assert result.converged_at == result.steps == 4 * result.epochs
-    assert abs(result.epoch_losses[-1] - result.epoch_losses[-2]) <= 1e-3
+    assert len(result.evaluations) == result.epochs + 1
+    assert abs(result.evaluations[-1] - result.evaluations[-2]) <= 1e-3
+    assert all(abs(a - b) > 1e-3 for a, b in zip(result.evaluations[:-2], result.evaluations[1:-1]))
+    assert result.final_loss == result.evaluations[-1]  # the same parameters, the same loss
 
 
 def test_target_stops_when_the_loss_reaches_it():

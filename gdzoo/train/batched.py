@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import math
-import time
 from itertools import repeat
 from typing import Any, Sequence
 
@@ -25,7 +23,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from .loop import Budget, RunResult, Setup, _finish, _squeeze, epoch_batches, evaluate, flush_denormals
+from .loop import Budget, Loop, RunResult, Setup, _squeeze, epoch_batches, evaluate
 from ..optim.ops import Scratch
 from ..optim.transform import declares
 from ..plugins.registry import Registry
@@ -142,193 +140,126 @@ def _take(state: Any, index: torch.Tensor, width: int) -> Any:
     return state.clone() if isinstance(state, torch.Tensor) else state
 
 
+class StackedRunner:
+    """K configurations as one batched problem, for :class:`gdzoo.train.loop.Loop`: the stacked
+    parameters and optimizer (:class:`_Live`), the vectorised losses and gradients, each
+    configuration's own data order, and the exact per-configuration evaluations."""
+
+    def __init__(self, spec: str, setups: Sequence[Setup], seeds: Sequence[int],
+                 overrides: Sequence[dict[str, Any]], budget: Budget, registry: Registry):
+        self.setups, self.budget = setups, budget
+        first = self.first = setups[0]
+        self.live = live = _Live(spec, setups, seeds, overrides, registry)
+        self.full_batch = first.data is None or budget.batch_size is None or budget.batch_size >= len(first.data)
+        self.batches_per_epoch = 1 if self.full_batch else -(-len(first.data) // budget.batch_size)
+        self.shared = self.full_batch or len(set(seeds)) == 1
+        self.frozen: dict[int, list[torch.Tensor]] = {}
+        self.closed = None  # the losses with their gradients in closed form, without autograd, where possible
+        if first.objective is not None:
+            objective = first.objective
+            forward = vmap(lambda x: objective(x))
+            self.loss_of = lambda batch: forward(live.params["x"])  # noqa: E731
+        else:
+            loss_fn = first.loss_fn
+            stacked = stacked_forward(first.module)
+            if stacked is not None and hasattr(loss_fn, "batched"):
+                self.loss_of = lambda batch: loss_fn.batched(_squeeze_k(stacked(live.params, batch[0])), batch[1])  # noqa: E731
+                self.closed = linear_with_grad(first.module, loss_fn)
+            else:
+                base = copy.deepcopy(first.module).to("meta")
+
+                def one(p, b, X, y):
+                    return loss_fn(_squeeze(functional_call(base, (p, b), (X,))), y)
+
+                forward = vmap(one, in_dims=(0, 0, None, None) if self.shared else (0, 0, 0, 0))
+                self.loss_of = lambda batch: forward(live.params, live.buffers, *batch)  # noqa: E731
+
+    @property
+    def ids(self) -> list[int]:
+        return self.live.ids
+
+    def batches(self):
+        return _batches(self.first, self.budget.batch_size, self.live.gens, self.shared)
+
+    def step(self, batch) -> list[float]:
+        """The losses of one batch (one per batch position), after every position's step."""
+        live = self.live
+        losses = None
+        if self.closed is not None:
+            losses = self.closed(live.params, *batch)
+            if losses is None:
+                self.closed = None  # this loss has no closed-form gradient: autograd from now on
+        if losses is None:
+            for p in live.params.values():
+                p.grad = None
+            losses = self.loss_of(batch)
+            losses.sum().backward()
+            losses = losses.detach()
+        with torch.no_grad():
+            live.opt.apply()
+        return losses.double().tolist()
+
+    @torch.no_grad()
+    def evaluate(self) -> list[float]:
+        """Each position's full-objective loss, as its separate run computes it: its own forward
+        pass (the module's, on its own parameters) and loss, bit for bit."""
+        first, live = self.first, self.live
+        names = live.names
+        values = []
+        for pos in range(len(live.ids)):
+            own = {n: live.params[n][pos] for n in names}
+            own.update({n: b[pos] for n, b in live.buffers.items()})
+            if first.objective is not None:
+                values.append(float(first.objective(own["x"])))
+            else:
+                pred = _squeeze(functional_call(first.module, own, (first.data.X,)))
+                values.append(float(first.loss_fn(pred, first.data.y)))
+        return values
+
+    def freeze(self, pos: int) -> None:
+        k = self.live.ids[pos]
+        if k not in self.frozen:
+            self.frozen[k] = [p[pos].detach().clone() for p in self.live.trainable]
+
+    def compact(self, keep: list[int]) -> None:
+        if keep:
+            self.live.compact(keep)
+        else:  # every configuration stopped (each one frozen)
+            self.live.ids = []
+
+    def flat(self, pos: int) -> list[float]:
+        return torch.cat([p[pos].detach().reshape(-1) for p in self.live.trainable]).tolist()
+
+    def state(self) -> dict[str, Any]:
+        return {"parameters": {n: p.detach().clone() for n, p in self.live.params.items()},
+                "optimizer": [self.live.opt.state_dict()]}
+
+    def setup_of(self, k: int) -> Setup:
+        """Configuration k's final parameters, in its module (configurations of one seed share one)."""
+        with torch.no_grad():
+            for param, value in zip(self.setups[k].module.parameters(), self.frozen[k]):
+                param.copy_(value)
+        return self.setups[k]
+
+    def finite(self, k: int) -> bool:
+        return all(bool(v.isfinite().all()) for v in self.frozen[k])
+
+    def evaluated(self) -> list[tuple[float, dict]] | None:
+        return _final_evaluation(self.setups, self.setup_of)
+
+
 def train_batched(spec: str, setups: Sequence[Setup], seeds: Sequence[int],
-                  overrides: Sequence[dict[str, Any]], budget: Budget, registry: Registry) -> list[RunResult]:
-    """Train K prepared setups as one batched problem; one RunResult per configuration.
+                  overrides: Sequence[dict[str, Any]], budget: Budget, registry: Registry,
+                  recorders: Sequence = ()) -> list[RunResult]:
+    """Train K prepared setups as one batched problem, with the same loop as one run
+    (:class:`gdzoo.train.loop.Loop`); one RunResult per configuration.
 
     Configurations of one seed start from the same module and may share one Setup: its module
     only holds each one's final parameters in turn, while its result is made."""
-    K = len(setups)
-    first = setups[0]
-    live = _Live(spec, setups, seeds, overrides, registry)
-    full_batch = first.data is None or budget.batch_size is None or budget.batch_size >= len(first.data)
-    shared = full_batch or len(set(seeds)) == 1
-    closed = None  # the losses with their gradients in closed form, without autograd, where possible
-    if first.objective is not None:
-        objective = first.objective
-        forward = vmap(lambda x: objective(x))
-        loss_of = lambda batch: forward(live.params["x"])  # noqa: E731
-    else:
-        loss_fn = first.loss_fn
-        stacked = stacked_forward(first.module)
-        if stacked is not None and hasattr(loss_fn, "batched"):
-            loss_of = lambda batch: loss_fn.batched(_squeeze_k(stacked(live.params, batch[0])), batch[1])  # noqa: E731
-            closed = linear_with_grad(first.module, loss_fn)
-        else:
-            base = copy.deepcopy(first.module).to("meta")
-
-            def one(p, b, X, y):
-                return loss_fn(_squeeze(functional_call(base, (p, b), (X,))), y)
-
-            forward = vmap(one, in_dims=(0, 0, None, None) if shared else (0, 0, 0, 0))
-            loss_of = lambda batch: forward(live.params, live.buffers, *batch)  # noqa: E731
-
-    def losses_and_grads(batch) -> torch.Tensor:
-        """The K losses of one batch, with every parameter's .grad set."""
-        nonlocal closed
-        if closed is not None:
-            losses = closed(live.params, *batch)
-            if losses is not None:
-                return losses
-            closed = None  # this loss has no closed-form gradient: autograd from now on
-        for p in live.params.values():
-            p.grad = None
-        losses = loss_of(batch)
-        losses.sum().backward()
-        return losses.detach()
-
-    max_steps = budget.steps if budget.steps is not None else math.inf
-    max_epochs = budget.epochs if budget.epochs is not None else math.inf
-    stop_rules = budget.tol is not None or budget.target is not None
-    nan = torch.full((K,), math.nan, dtype=torch.float64)
-    history: list[torch.Tensor] = []  # losses of all K configurations per step (nan once stopped)
-    epoch_losses: list[torch.Tensor] = []  # mini-batches only: full batch, they are the steps' losses
-    status = ["budget"] * K
-    stopped_at = [0] * K
-    epochs_done = [0] * K
-    converged_at: list[int | None] = [None] * K
-    target_at: list[int | None] = [None] * K
-    diverged_at: list[int | None] = [None] * K
-    frozen: dict[int, list[torch.Tensor]] = {}
-    step = epoch = 0
-    running_count = K  # configurations not stopped yet
-    interrupted = False
-
-    def stop(mask: torch.Tensor, why: str, epochs: int) -> None:
-        nonlocal running_count
-        for pos in mask.nonzero().flatten().tolist():
-            k = live.ids[pos]
-            if k in frozen:
-                continue
-            status[k], stopped_at[k], epochs_done[k] = why, step, epochs
-            if why == "converged":
-                converged_at[k] = step
-            elif why == "target":
-                target_at[k] = step
-            elif why == "diverged":
-                diverged_at[k] = step
-            frozen[k] = [p[pos].detach().clone() for p in live.trainable]
-            stopped[pos] = True
-            running_count -= 1
-
-    def rules(losses: torch.Tensor, previous: torch.Tensor | None, epochs: int) -> None:
-        if budget.target is not None:
-            hit = (losses <= budget.target).logical_and_(~stopped)
-            if bool(hit.any()):
-                stop(hit, "target", epochs)
-        if budget.tol is not None and previous is not None:
-            flat = ((losses - previous).abs() <= budget.tol).logical_and_(~stopped)
-            if bool(flat.any()):
-                stop(flat, "converged", epochs)
-
-    def compact(keep: list[int]) -> None:
-        nonlocal limit, ids, stopped, last
-        index = torch.tensor(keep)
-        live.compact(keep)
-        limit, last = limit[index], last[index] if last is not None else None
-        ids = torch.tensor(live.ids)
-        stopped = torch.zeros(len(keep), dtype=torch.bool)
-
-    ids = torch.tensor(live.ids)  # batch position -> configuration
-    stopped = torch.zeros(K, dtype=torch.bool)  # per batch position: stopped (it trains on until compacted)
-    limit = None  # per batch position: the loss above which a configuration has blown up
-    last = None  # per batch position: the previous step's loss (full batch) or epoch's (mini-batches)
-    t0 = time.perf_counter()
-    with flush_denormals():
-        try:
-            while step < max_steps and epoch < max_epochs and running_count:
-                if not full_batch:
-                    epoch_sum = torch.zeros(K, dtype=torch.float64)
-                    epoch_n = 0
-                for batch in _batches(first, budget.batch_size, live.gens, shared):
-                    losses = losses_and_grads(batch)
-                    with torch.no_grad():
-                        live.opt.apply()
-                    values = losses.double()
-                    step += 1
-                    everyone = len(live.ids) == K
-                    history.append(values if everyone else nan.index_put((ids,), values))
-                    if not full_batch:
-                        if everyone:
-                            epoch_sum += values
-                        else:
-                            epoch_sum.index_add_(0, ids, values)
-                        epoch_n += 1
-                    if limit is None:
-                        start = torch.where(values.isfinite(), values.abs(), torch.full_like(values, math.inf))
-                        limit = budget.blowup * start.clamp(min=1e-12)
-                    stopped_before = running_count
-                    fine = values.isfinite().logical_and_(values <= limit).logical_or_(stopped)
-                    if not bool(fine.all()):
-                        stop(~fine, "diverged", epoch + 1)
-                    if full_batch and stop_rules:
-                        rules(values, last, epoch + 1)
-                        last = values
-                    if step >= max_steps or not running_count:
-                        break
-                    if full_batch and running_count < stopped_before and running_count <= 0.75 * len(live.ids):
-                        compact((~stopped).nonzero().flatten().tolist())
-                epoch += 1
-                if not full_batch:
-                    epoch_losses.append(epoch_sum / max(epoch_n, 1))
-                    mean = epoch_losses[-1][ids]
-                    rules(mean, last, epoch)
-                    last = mean
-                    keep = (~stopped).nonzero().flatten().tolist()
-                    if keep and len(keep) <= 0.75 * len(live.ids):
-                        compact(keep)
-        except KeyboardInterrupt:
-            interrupted = True
-    wall = time.perf_counter() - t0
-
-    for pos, k in enumerate(live.ids):
-        if k not in frozen:
-            stopped_at[k], epochs_done[k] = step, epoch
-            frozen[k] = [p[pos].detach().clone() for p in live.trainable]
-            if interrupted:
-                status[k] = "interrupted"
-    steps_hist = torch.stack(history) if history else torch.zeros(0, K, dtype=torch.float64)
-    if full_batch:  # one step an epoch: an epoch's mean loss is its step's (0.0 + x, / 1: exactly x)
-        epochs_hist = steps_hist
-    else:
-        epochs_hist = torch.stack(epoch_losses) if epoch_losses else torch.zeros(0, K, dtype=torch.float64)
-
-    def load(k: int) -> Setup:
-        """Configuration k's final parameters, in its module (configurations of one seed share one)."""
-        with torch.no_grad():
-            for param, value in zip(setups[k].module.parameters(), frozen[k]):
-                param.copy_(value)
-        return setups[k]
-
-    evaluated = _final_evaluation(setups, load)
-    finite = torch.stack([torch.cat([v.reshape(-1) for v in frozen[k]]) for k in range(K)]).isfinite().all(1).tolist()
-    own_steps = steps_hist.t().tolist()
-    own_epochs = own_steps if full_batch else epochs_hist.t().tolist()
-    results = []
-    for k in range(K):
-        n_steps, n_epochs = stopped_at[k], epochs_done[k]
-        epochs_k = own_epochs[k][:n_epochs]
-        if n_epochs and not full_batch and status[k] == "diverged":
-            # Stopped inside an epoch: its mean covers only the batches this configuration took.
-            per_epoch = -(-len(first.data) // budget.batch_size)
-            epochs_k[-1] = steps_hist[(n_epochs - 1) * per_epoch:n_steps, k].mean().item()
-        if status[k] != "diverged" and not finite[k]:
-            status[k], diverged_at[k] = "diverged", n_steps
-        result = _finish(spec, load(k), budget, seeds[k], status[k], n_steps, n_epochs,
-                         own_steps[k][:n_steps], epochs_k, converged_at[k], target_at[k], diverged_at[k], wall / K,
-                         evaluated[k] if evaluated is not None else None)
-        result.config["batched"] = K
-        results.append(result)
+    loop = Loop(StackedRunner(spec, setups, seeds, overrides, budget, registry), budget, recorders).run()
+    results = loop.results(spec, budget, seeds)
+    for result in results:
+        result.config["batched"] = len(setups)
     return results
 
 

@@ -13,7 +13,7 @@ import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -70,6 +70,9 @@ class RunResult:
     best_loss: float
     history: list[float]  # the loss of every step's batch, before that step's update
     epoch_losses: list[float]  # mean batch loss of every epoch
+    # mini-batch runs: the full-objective loss at the start and at every epoch end (full batch:
+    # empty, the step losses are the full objective)
+    evaluations: list[float] = field(default_factory=list)
     converged_at: int | None = None  # step at which the tol rule fired
     target_at: int | None = None  # step at which the loss first reached the target
     diverged_at: int | None = None
@@ -289,80 +292,326 @@ def epoch_batches(data: Dataset, batch_size: int | None, gen: torch.Generator):
     return [(X[i:i + batch_size], y[i:i + batch_size]) for i in range(0, n, batch_size)]
 
 
+class Recorder:
+    """Something that watches the training loop: attach instances with ``recorders=[...]``.
+
+    The loop calls ``start`` once, ``step`` after every optimizer step (with the losses of the
+    configurations still training), ``epoch`` after every epoch (with the full-objective losses
+    where the loop evaluated them) and ``end`` once.  ``runner.ids`` maps batch positions to
+    configurations; ``runner.parameters(pos)`` gives a position's current parameters.  A recorder
+    never changes training: the numbers are the same with or without it.
+    """
+
+    def start(self, loop: "Loop") -> None:
+        pass
+
+    def step(self, loop: "Loop", values: list[float]) -> None:
+        pass
+
+    def epoch(self, loop: "Loop", evaluations: list[float] | None) -> None:
+        pass
+
+    def end(self, loop: "Loop") -> None:
+        pass
+
+
+class Trajectory(Recorder):
+    """The parameters of every configuration at the start and after every step (small models:
+    the path of a 2-D problem).  ``paths[k]`` is configuration k's list of flat parameter lists."""
+
+    def __init__(self, max_parameters: int = SMALL_MODEL):
+        self.max_parameters = max_parameters
+        self.paths: dict[int, list[list[float]]] = {}
+
+    def start(self, loop):
+        self.enabled = bool(loop.runner.ids) and len(loop.runner.flat(0)) <= self.max_parameters
+        if self.enabled:
+            for pos, k in enumerate(loop.runner.ids):
+                self.paths[k] = [loop.runner.flat(pos)]
+
+    def step(self, loop, values):
+        if self.enabled:
+            for pos, k in enumerate(loop.runner.ids):
+                if k not in loop.stopped:
+                    self.paths[k].append(loop.runner.flat(pos))
+
+
+class Checkpoint(Recorder):
+    """Save the training state (parameters and optimizer state of every configuration, step and
+    epoch) to ``path`` every ``every`` epochs and at the end, atomically (a crash mid-write
+    leaves the previous checkpoint)."""
+
+    def __init__(self, path: str, every: int = 1):
+        if every < 1:
+            raise GdzooError(f"checkpoint every must be >= 1 epoch, got {every}")
+        self.path, self.every, self.saved = path, every, 0
+
+    def _save(self, loop):
+        import os
+
+        state = {"step": loop.step, "epoch": loop.epoch, "configurations": list(loop.runner.ids),
+                 **loop.runner.state()}
+        tmp = f"{self.path}.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)
+        self.saved += 1
+
+    def epoch(self, loop, evaluations):
+        if loop.epoch % self.every == 0:
+            self._save(loop)
+
+    def end(self, loop):
+        if loop.epoch % self.every:
+            self._save(loop)
+
+
+class EpochCallback(Recorder):
+    """Calls ``fn(epoch, loss, module)`` after every epoch of a single run (the CLI's progress
+    lines): ``loss`` is the epoch's mean batch loss (full batch: the loss of its one step)."""
+
+    def __init__(self, fn: Callable[[int, float, nn.Module], None]):
+        self.fn = fn
+
+    def epoch(self, loop, evaluations):
+        track = loop.tracks[loop.runner.ids[0]] if loop.runner.ids else loop.tracks[0]
+        self.fn(loop.epoch, track.epoch_losses[-1], loop.runner.setup_of(0).module)
+
+
+@dataclass
+class Track:
+    """What the loop records of one configuration."""
+
+    status: str = "budget"
+    steps: int = 0
+    epochs: int = 0
+    converged_at: int | None = None
+    target_at: int | None = None
+    diverged_at: int | None = None
+    limit: float | None = None  # the loss above which it has blown up (blowup x its first loss)
+    history: list[float] = field(default_factory=list)  # every step's batch loss, before the update
+    epoch_losses: list[float] = field(default_factory=list)  # mean batch loss of every epoch
+    evaluations: list[float] = field(default_factory=list)  # mini-batches: full objective at start, each epoch end
+    epoch_sum: float = 0.0
+    epoch_n: int = 0
+
+
+class SingleRunner:
+    """One configuration: its module, its optimizer, its generator."""
+
+    def __init__(self, spec: str, s: Setup, budget: Budget, seed: int, registry: Registry,
+                 overrides: dict[str, Any] | None):
+        self.s = s
+        self.params = [p for p in s.module.parameters() if p.requires_grad]
+        if not self.params:
+            raise GdzooError("the model has no trainable parameters")
+        self.opt = registry.optimizer(spec, self.params, **(overrides or {}))
+        self.gen = torch.Generator().manual_seed(seed)
+        self.budget = budget
+        self.ids = [0]
+        self.full_batch = s.loader is None and (s.data is None or budget.batch_size is None
+                                                or budget.batch_size >= len(s.data))
+        self.batches_per_epoch = 1 if self.full_batch or s.data is None else -(-len(s.data) // budget.batch_size)
+
+    def batches(self):
+        s = self.s
+        if s.objective is not None:
+            return [None]
+        if s.loader is not None:
+            return s.loader
+        return epoch_batches(s.data, self.budget.batch_size, self.gen)
+
+    def step(self, batch) -> list[float]:
+        s, module = self.s, self.s.module
+        for p in self.params:  # what zero_grad() does, without its profiler wrapping
+            p.grad = None
+        if s.objective is not None:
+            loss = s.objective(module.x)
+        else:
+            Xb, yb = batch
+            loss = s.loss_fn(_squeeze(module(Xb)), yb)
+        loss.backward()
+        with torch.no_grad():
+            self.opt.apply()
+        return [loss.item()]
+
+    def evaluate(self) -> list[float]:
+        return [evaluate(self.s)[0]]
+
+    def freeze(self, pos: int) -> None:
+        pass  # the module holds the parameters; the loop ends with its only configuration
+
+    def compact(self, keep: list[int]) -> None:
+        self.ids = [self.ids[i] for i in keep]
+
+    def flat(self, pos: int) -> list[float]:
+        return torch.cat([p.detach().reshape(-1) for p in self.s.module.parameters()]).tolist()
+
+    def state(self) -> dict[str, Any]:
+        return {"model": [self.s.module.state_dict()], "optimizer": [self.opt.state_dict()]}
+
+    def setup_of(self, k: int) -> Setup:
+        return self.s
+
+    def finite(self, k: int) -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in self.params)
+
+    def evaluated(self) -> list[tuple[float, dict]] | None:
+        return None
+
+
+class Loop:
+    """THE training loop, for one configuration or K batched ones (``runner``: a
+    :class:`SingleRunner` or :class:`gdzoo.train.batched.StackedRunner`).
+
+    Per configuration it applies the same rules: a batch loss that is not finite or exceeds
+    ``blowup`` x the first one stops it as ``diverged`` at that step; full batch, the step losses
+    are the full objective and the ``target`` / ``tol`` rules apply after every step; with
+    mini-batches the full objective is evaluated at the start and at every epoch end, and the
+    rules apply to those evaluations.  Budgets: ``steps`` and ``epochs``, whichever ends first.
+    A configuration that stops is frozen (its parameters kept aside); the others train on.
+    """
+
+    def __init__(self, runner, budget: Budget, recorders: Sequence[Recorder] = ()):
+        self.runner, self.budget, self.recorders = runner, budget, list(recorders)
+        self.tracks = [Track() for _ in runner.ids]
+        self.stopped: set[int] = set()  # configurations stopped but still in the batch until compacted
+        self.step = self.epoch = 0
+        self.interrupted = False
+        self.wall = 0.0
+        steps = budget.steps if budget.steps is not None else math.inf
+        epochs = budget.epochs if budget.epochs is not None else math.inf
+        per_epoch = getattr(runner, "batches_per_epoch", None)
+        self.planned_steps = min(steps, epochs * per_epoch) if per_epoch else steps  # for progress (may be inf)
+
+    def _stop(self, k: int, pos: int, why: str) -> None:
+        t = self.tracks[k]
+        t.status, t.steps, t.epochs = why, self.step, self.epoch + 1
+        if why == "converged":
+            t.converged_at = self.step
+        elif why == "target":
+            t.target_at = self.step
+        elif why == "diverged":
+            t.diverged_at = self.step
+        self.runner.freeze(pos)
+        self.stopped.add(k)
+
+    def _rules(self, value: float, previous: float | None) -> str | None:
+        budget = self.budget
+        if budget.target is not None and value <= budget.target:
+            return "target"
+        if budget.tol is not None and previous is not None and abs(value - previous) <= budget.tol:
+            return "converged"
+        return None
+
+    def _compact(self) -> None:
+        runner = self.runner
+        keep = [pos for pos, k in enumerate(runner.ids) if k not in self.stopped]
+        runner.compact(keep)
+        self.stopped.clear()
+
+    def run(self) -> "Loop":
+        runner, budget, tracks, recorders = self.runner, self.budget, self.tracks, self.recorders
+        max_steps = budget.steps if budget.steps is not None else math.inf
+        max_epochs = budget.epochs if budget.epochs is not None else math.inf
+        full = runner.full_batch
+        t0 = time.perf_counter()
+        with flush_denormals():
+            try:
+                for r in recorders:
+                    r.start(self)
+                if not full:
+                    for k, value in zip(runner.ids, runner.evaluate()):
+                        tracks[k].evaluations.append(value)
+                while self.step < max_steps and self.epoch < max_epochs and runner.ids:
+                    for k in runner.ids:
+                        tracks[k].epoch_sum, tracks[k].epoch_n = 0.0, 0
+                    for batch in runner.batches():
+                        values = runner.step(batch)
+                        self.step += 1
+                        stopping = []
+                        for pos, (k, value) in enumerate(zip(runner.ids, values)):
+                            if k in self.stopped:
+                                continue
+                            t = tracks[k]
+                            t.history.append(value)
+                            t.epoch_sum += value
+                            t.epoch_n += 1
+                            if t.limit is None:
+                                t.limit = budget.blowup * max(abs(value) if math.isfinite(value) else math.inf, 1e-12)
+                            if not (math.isfinite(value) and value <= t.limit):
+                                stopping.append((k, pos, "diverged"))
+                            elif full:
+                                why = self._rules(value, t.history[-2] if len(t.history) >= 2 else None)
+                                if why:
+                                    stopping.append((k, pos, why))
+                        for r in recorders:
+                            r.step(self, values)
+                        for k, pos, why in stopping:
+                            self._stop(k, pos, why)
+                        if self.step >= max_steps or len(self.stopped) == len(runner.ids):
+                            break
+                    self.epoch += 1
+                    for k in runner.ids:
+                        t = tracks[k]
+                        if t.epoch_n and (k not in self.stopped or t.epochs == self.epoch):
+                            t.epoch_losses.append(t.epoch_sum / t.epoch_n)
+                    evaluations = None
+                    if not full:
+                        evaluations = runner.evaluate()
+                        for pos, (k, value) in enumerate(zip(runner.ids, evaluations)):
+                            if k in self.stopped:
+                                continue
+                            t = tracks[k]
+                            t.evaluations.append(value)
+                            if not math.isfinite(value):
+                                self._stop(k, pos, "diverged")
+                                tracks[k].epochs = self.epoch
+                            else:
+                                why = self._rules(value, t.evaluations[-2] if len(t.evaluations) >= 2 else None)
+                                if why:
+                                    self._stop(k, pos, why)
+                                    tracks[k].epochs = self.epoch
+                    for r in recorders:
+                        r.epoch(self, evaluations)
+                    if self.stopped and (not full or len(runner.ids) - len(self.stopped) <= 0.75 * len(runner.ids)):
+                        self._compact()  # stopped configurations cost nothing more
+            except KeyboardInterrupt:
+                self.interrupted = True
+        self.wall = time.perf_counter() - t0
+        for pos, k in enumerate(runner.ids):
+            if k not in self.stopped:
+                t = tracks[k]
+                t.steps, t.epochs = self.step, self.epoch
+                if self.interrupted:
+                    t.status = "interrupted"
+                runner.freeze(pos)
+        for r in recorders:
+            r.end(self)
+        return self
+
+    def results(self, spec: str, budget: Budget, seeds: Sequence[int]) -> list[RunResult]:
+        """One RunResult per configuration (``_finish`` decides the last-step rules and figures)."""
+        runner = self.runner
+        evaluated = runner.evaluated()
+        K = len(self.tracks)
+        results = []
+        for k, t in enumerate(self.tracks):
+            if t.status != "diverged" and not runner.finite(k):
+                t.status, t.diverged_at = "diverged", t.steps
+            results.append(_finish(spec, runner.setup_of(k), budget, seeds[k], t, self.wall / K,
+                                   evaluated[k] if evaluated is not None else None))
+        return results
+
+
 def train(spec: str, s: Setup, budget: Budget, *, seed: int = 0, registry: Registry | None = None,
           on_epoch: Callable[[int, float, nn.Module], None] | None = None,
-          overrides: dict[str, Any] | None = None) -> RunResult:
-    """The training loop of one run on a prepared :class:`Setup`."""
+          overrides: dict[str, Any] | None = None, recorders: Sequence[Recorder] = ()) -> RunResult:
+    """Train one configuration on a prepared :class:`Setup` (with :class:`Loop`)."""
     registry = registry or default_registry()
-    module = s.module
-    params = [p for p in module.parameters() if p.requires_grad]
-    if not params:
-        raise GdzooError("the model has no trainable parameters")
-    opt = registry.optimizer(spec, params, **(overrides or {}))
-    apply, no_grad = opt.apply, torch.no_grad
-    gen = torch.Generator().manual_seed(seed)
-    max_steps = budget.steps if budget.steps is not None else math.inf
-    max_epochs = budget.epochs if budget.epochs is not None else math.inf
-    full_batch = s.loader is None and (s.data is None or budget.batch_size is None
-                                       or budget.batch_size >= len(s.data))
-    history: list[float] = []
-    epoch_losses: list[float] = []
-    status = "budget"
-    converged_at = target_at = diverged_at = None
-    start_loss = None
-    step = epoch = 0
-    objective, loss_fn = s.objective, s.loss_fn
-    t0 = time.perf_counter()
-    with flush_denormals():
-        try:
-            while step < max_steps and epoch < max_epochs and status == "budget":
-                if objective is not None:
-                    batches = [None]
-                elif s.loader is not None:
-                    batches = s.loader
-                else:
-                    batches = epoch_batches(s.data, budget.batch_size, gen)
-                epoch_sum, epoch_n = 0.0, 0
-                for batch in batches:
-                    for p in params:  # what zero_grad() does, without its profiler wrapping
-                        p.grad = None
-                    if objective is not None:
-                        loss = objective(module.x)
-                    else:
-                        Xb, yb = batch
-                        loss = loss_fn(_squeeze(module(Xb)), yb)
-                    loss.backward()
-                    with no_grad():
-                        apply()
-                    value = loss.item()
-                    step += 1
-                    history.append(value)
-                    epoch_sum += value
-                    epoch_n += 1
-                    if start_loss is None:
-                        start_loss = abs(value) if math.isfinite(value) else math.inf
-                    if not math.isfinite(value) or value > budget.blowup * max(start_loss, 1e-12):
-                        status, diverged_at = "diverged", step
-                        break
-                    if full_batch:
-                        status, converged_at, target_at = _stop_rules(budget, history, step)
-                        if status != "budget":
-                            break
-                    if step >= max_steps:
-                        break
-                epoch += 1
-                epoch_losses.append(epoch_sum / max(epoch_n, 1))
-                if on_epoch is not None:
-                    on_epoch(epoch, epoch_losses[-1], module)
-                if not full_batch and status == "budget":
-                    status, converged_at, target_at = _stop_rules(budget, epoch_losses, step)
-        except KeyboardInterrupt:
-            status = "interrupted"
-    wall = time.perf_counter() - t0
-    if status != "diverged" and not all(torch.isfinite(p).all() for p in params):
-        status, diverged_at = "diverged", step
-    return _finish(spec, s, budget, seed, status, step, epoch, history, epoch_losses,
-                   converged_at, target_at, diverged_at, wall)
+    runner = SingleRunner(spec, s, budget, seed, registry, overrides)
+    recorders = list(recorders) + ([EpochCallback(on_epoch)] if on_epoch is not None else [])
+    loop = Loop(runner, budget, recorders).run()
+    return loop.results(spec, budget, [seed])[0]
 
 
 @contextlib.contextmanager
@@ -381,15 +630,6 @@ def flush_denormals():
             torch.set_flush_denormal(False)
 
 
-def _stop_rules(budget: Budget, losses: list[float], step: int):
-    """(status, converged_at, target_at) after the newest loss."""
-    if budget.target is not None and losses[-1] <= budget.target:
-        return "target", None, step
-    if budget.tol is not None and len(losses) >= 2 and abs(losses[-1] - losses[-2]) <= budget.tol:
-        return "converged", step, None
-    return "budget", None, None
-
-
 @torch.no_grad()
 def evaluate(s: Setup) -> tuple[float, torch.Tensor | None]:
     """The loss on the full data (or the objective) with the current parameters, and predictions."""
@@ -405,16 +645,24 @@ def evaluate(s: Setup) -> tuple[float, torch.Tensor | None]:
     return float(s.loss_fn(pred, s.data.y)), pred
 
 
-def _finish(spec, s: Setup, budget: Budget, seed, status, step, epoch, history, epoch_losses,
-            converged_at, target_at, diverged_at, wall, evaluated: tuple[float, dict] | None = None) -> RunResult:
-    """The RunResult of a finished run; ``evaluated``: its final loss and task metrics, when a
-    batched study has computed them for all its configurations at once."""
+def _finish(spec, s: Setup, budget: Budget, seed: int, t: Track, wall: float,
+            evaluated: tuple[float, dict] | None = None) -> RunResult:
+    """The RunResult of a finished configuration; ``evaluated``: its final loss and task metrics,
+    when a batched study has computed them for all its configurations at once.
+
+    The last-step rules: a final loss that is not finite or blew up makes the run ``diverged`` in
+    every figure; a run that ``converged`` without its loss ever falling below its start is
+    ``stalled``.  ``best_loss`` is the best full-objective loss: the step losses of a full-batch
+    run (each is the loss on all the data), the evaluations of a mini-batch run (at its start and
+    every epoch end), and the final loss."""
     final, pred = evaluate(s) if evaluated is None else (evaluated[0], None)
-    start = next((v for v in history if math.isfinite(v)), math.nan)
+    status, diverged_at, converged_at, target_at = t.status, t.diverged_at, t.converged_at, t.target_at
+    objective = t.evaluations if t.evaluations else t.history  # the full-objective losses seen
+    start = next((v for v in objective if math.isfinite(v)), math.nan)
     if status not in ("diverged", "interrupted") and \
             (not math.isfinite(final) or final > budget.blowup * max(abs(start), 1e-12)):
-        status, diverged_at, converged_at, target_at = "diverged", step, None, None  # the last step overflowed
-    if status == "converged" and history and not final < history[0]:
+        status, diverged_at, converged_at, target_at = "diverged", t.steps, None, None  # the last step overflowed
+    if status == "converged" and objective and not final < objective[0]:
         status, converged_at = "stalled", None  # the loss stopped changing without ever falling
     metrics: dict[str, float] = {}
     summary: list[str] = []
@@ -433,7 +681,7 @@ def _finish(spec, s: Setup, budget: Budget, seed, status, step, epoch, history, 
 
         if s.data.y.is_floating_point() and pred.shape == s.data.y.shape:
             metrics.update(metrics_mod.regression(pred, s.data.y))
-    candidates = [v for v in history + [final] if math.isfinite(v)]
+    candidates = [v for v in objective + [final] if math.isfinite(v)]
     named = list(s.module.named_parameters())
     small = sum(p.numel() for _, p in named) <= SMALL_MODEL
     config = {"epochs": budget.epochs, "steps": budget.steps,
@@ -441,9 +689,9 @@ def _finish(spec, s: Setup, budget: Budget, seed, status, step, epoch, history, 
               "tol": budget.tol, "target": budget.target, "blowup": budget.blowup,
               "dtype": str(next(iter(s.module.parameters())).dtype).replace("torch.", "")}
     return RunResult(
-        problem=s.problem_name, spec=spec, seed=seed, status=status, steps=step, epochs=epoch,
+        problem=s.problem_name, spec=spec, seed=seed, status=status, steps=t.steps, epochs=t.epochs,
         final_loss=final, best_loss=min(candidates) if candidates else math.nan,
-        history=history, epoch_losses=epoch_losses, converged_at=converged_at, target_at=target_at,
-        diverged_at=diverged_at, metrics=metrics,
+        history=t.history, epoch_losses=t.epoch_losses, evaluations=t.evaluations, converged_at=converged_at,
+        target_at=target_at, diverged_at=diverged_at, metrics=metrics,
         params={n: p.detach().reshape(-1).tolist() for n, p in named} if small else None,
         summary=summary, wall_time=wall, config=config)
