@@ -377,6 +377,24 @@ class EpochCallback(Recorder):
         self.fn(loop.epoch, track.epoch_losses[-1], loop.runner.setup_of(0).module)
 
 
+class StepProgress(Recorder):
+    """Tells ``progress`` (an object with ``total``, ``update(n)`` and ``close()``, such as
+    :class:`gdzoo.show.progress.Progress`) about every step: a long single run shows a count and
+    an ETA."""
+
+    def __init__(self, progress):
+        self.progress = progress
+
+    def start(self, loop):
+        self.progress.total = loop.planned_steps
+
+    def step(self, loop, values):
+        self.progress.update(1)
+
+    def end(self, loop):
+        self.progress.close()
+
+
 @dataclass
 class Track:
     """What the loop records of one configuration."""
