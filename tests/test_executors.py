@@ -79,3 +79,31 @@ def test_bad_executor_and_workers_are_clear_errors():
 def test_workers_share_the_cores():
     cores = os.cpu_count()
     assert threads_per_worker(1) == cores and threads_per_worker(cores * 2) == 1
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A real single-node Ray instance (Ray's local_mode no longer exists)."""
+    ray = pytest.importorskip("ray")
+    here = os.path.dirname(os.path.abspath(__file__))  # Ray's workers import this file's functions
+    path = os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             runtime_env={"env_vars": {"PYTHONPATH": path}})
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_gives_the_outcomes_of_serial(local_ray):
+    units = [{"x": i} for i in range(6)]
+    serial = {o.index: o.result["value"] for o in execute_units(units, square, "serial")}
+    on_ray = {o.index: o for o in execute_units(units, square, "ray", workers=2)}
+    assert {i: o.result["value"] for i, o in on_ray.items()} == serial
+    assert all(o.status == "done" and o.worker for o in on_ray.values())
+
+
+def test_ray_retries_a_killed_workers_unit_and_fails_one_that_raises_twice(local_ray, tmp_path):
+    units = [{"x": i, "marker": str(tmp_path / "died"), "die": i == 1} for i in range(3)]
+    outcomes = {o.index: o for o in execute_units(units, die_once, "ray", workers=2)}
+    assert [outcomes[i].result for i in range(3)] == [0, 1, 2] and outcomes[1].attempts == 2
+    bad = {o.index: o for o in execute_units([{"x": 0, "bad": True}, {"x": 1}], always_raises, "ray", workers=2)}
+    assert bad[0].status == "failed" and "unit 0 is bad" in bad[0].error and bad[1].result == 1
