@@ -12,7 +12,7 @@ import contextlib
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -88,6 +88,12 @@ class RunResult:
         data = asdict(replace(self, module=None))
         data.pop("module")
         return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunResult":
+        """The result that :meth:`to_dict` gave (from the store, or another process): the same numbers."""
+        names = {f.name for f in fields(cls)} - {"module"}
+        return cls(**{k: v for k, v in data.items() if k in names})
 
     def row(self) -> dict[str, Any]:
         """A one-line summary (used by tables)."""
